@@ -1,0 +1,82 @@
+"""Checks of the arguments every method shares, each failing with a typed, actionable error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._types import Reduce
+from .errors import InputError, InputTypeError, OptionError
+
+REDUCTIONS = ("abs_max", "l2", "sum")
+
+
+def check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(
+            f"`model` must be a torch.nn.Module, not {type(model).__name__}; "
+            "wrap a plain function in a Module whose forward calls it"
+        )
+    return model
+
+
+def check_input(x: Any, model: nn.Module) -> torch.Tensor:
+    """``x`` must be a finite float tensor (N, C, H, W) on the model's device and dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise InputTypeError(
+            f"`x` must be a torch.Tensor of shape (N, C, H, W), not {type(x).__name__}; "
+            "convert images with torchvision.transforms.functional.to_tensor and stack them"
+        )
+    if not x.is_floating_point():
+        raise InputError(
+            f"`x` must be a floating-point tensor, not {x.dtype}; "
+            "scale it, e.g. x.float() / 255, and normalise it as the model expects"
+        )
+    if x.dim() != 4:
+        fix = (
+            "add the batch dimension with x.unsqueeze(0)"
+            if x.dim() == 3
+            else "stack the images into one (N, C, H, W) tensor"
+        )
+        raise InputError(
+            f"`x` must have shape (N, C, H, W), got {tuple(x.shape)} ({x.dim()}-D); {fix}"
+        )
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise InputError(f"`x` is empty (shape {tuple(x.shape)}); pass at least one image")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise InputError(
+            f"`x` contains {bad} NaN or infinite value(s); clean the input (torch.nan_to_num) "
+            "or find where they come from"
+        )
+    reference = next(
+        (t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None
+    )
+    if reference is not None:
+        if reference.device != x.device:
+            raise InputError(
+                f"`x` is on {x.device} but the model is on {reference.device}; "
+                f"move it with x.to({str(reference.device)!r})"
+            )
+        if reference.dtype != x.dtype:
+            raise InputError(
+                f"`x` is {x.dtype} but the model's parameters are {reference.dtype}; "
+                f"convert with x.to({reference.dtype}) or model.to({x.dtype})"
+            )
+    return x
+
+
+def check_reduce(reduce: Any) -> Reduce:
+    if reduce is None or reduce in REDUCTIONS:
+        return reduce  # type: ignore[no-any-return]
+    raise OptionError(
+        f"`reduce` must be one of {', '.join(repr(r) for r in REDUCTIONS)} or None, not {reduce!r}"
+    )
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise OptionError(f"`{name}` must be True or False, not {value!r}")

@@ -1,0 +1,72 @@
+"""The method registry: each method registers itself by name; tests and the CLI iterate over it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import OptionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered attribution method.
+
+    Attributes:
+        name: the public name (``backlight.<name>``, ``--method <name>``).
+        function: the callable, ``fn(model, x, target=None, **options)``.
+        family: ``"gradient"``, ``"cam"``, ``"excitation"`` or ``"perturbation"``.
+        summary: one line for listings.
+        paper: the reference, as "Authors, Title, Venue Year".
+        aliases: other names for the same method.
+        options: the keyword options beyond ``model, x, target``.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    family: str
+    summary: str
+    paper: str
+    aliases: tuple[str, ...] = ()
+    options: tuple[str, ...] = field(default=())
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    summary: str,
+    paper: str,
+    aliases: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
+        if name in _REGISTRY:
+            raise RuntimeError(f"method {name!r} registered twice")
+        _REGISTRY[name] = MethodInfo(name, function, family, summary, paper, aliases, options)
+        return function
+
+    return decorate
+
+
+def list_methods(family: str | None = None) -> list[MethodInfo]:
+    """Every registered method, in registration order, optionally of one family."""
+    return [m for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def get_method(name: str) -> MethodInfo:
+    """The method registered under ``name`` or one of its aliases."""
+    for info in _REGISTRY.values():
+        if name == info.name or name in info.aliases:
+            return info
+    names = [n for m in _REGISTRY.values() for n in (m.name, *m.aliases)]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise OptionError(f"unknown method {name!r}{hint} (available: {', '.join(sorted(names))})")

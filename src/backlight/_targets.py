@@ -1,0 +1,99 @@
+"""One strict rule for turning ``target`` into one score per sample."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._types import Target
+from .errors import TargetError
+
+
+def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
+    """The class index per sample, shape (N,), for a logit output of shape (N, K).
+
+    ``None`` picks each sample's highest-scoring class.
+    """
+    n, k = _logits_shape(output)
+    if target is None:
+        return output.detach().argmax(dim=1)
+    if isinstance(target, bool):
+        raise TargetError(f"`target` must be a class index, not the bool {target}")
+    if isinstance(target, numbers.Integral):
+        indices = torch.full((n,), int(target), dtype=torch.long, device=output.device)
+    elif isinstance(target, torch.Tensor):
+        if target.dim() == 0:
+            target = target.reshape(1).expand(n)
+        if target.dim() != 1 or target.is_floating_point() or target.is_complex():
+            raise TargetError(
+                "`target` as a tensor must be a 1-D integer tensor with one class per sample, "
+                f"got dtype {target.dtype} and shape {tuple(target.shape)}"
+            )
+        if target.dtype == torch.bool:
+            raise TargetError("`target` must hold class indices, not booleans")
+        indices = target.to(device=output.device, dtype=torch.long)
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target):
+            raise TargetError(
+                f"`target` as a sequence must hold integer class indices, got {list(target)!r}"
+            )
+        indices = torch.tensor([int(t) for t in target], dtype=torch.long, device=output.device)
+    else:
+        raise TargetError(
+            "`target` must be None, an int, a sequence or 1-D tensor of ints (one per sample), "
+            f"or a callable output -> (N,) scores; got {type(target).__name__}"
+        )
+    if indices.shape[0] != n:
+        raise TargetError(
+            f"`target` gives {indices.shape[0]} classes for a batch of {n} samples; "
+            "give one class per sample, or a single int for all"
+        )
+    bad = (indices < 0) | (indices >= k)
+    if bool(bad.any()):
+        first = int(indices[bad][0])
+        raise TargetError(
+            f"`target` {first} is out of range for a model with {k} classes "
+            f"(valid indices are 0 to {k - 1})"
+        )
+    return indices
+
+
+def select_scores(output: Any, target: Target) -> torch.Tensor:
+    """The differentiable score per sample, shape (N,), that the explanation is about."""
+    if callable(target) and not isinstance(target, torch.Tensor):
+        scores = target(output)
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else None
+            raise TargetError(
+                "a callable `target` must return a 1-D tensor with one score per sample, got "
+                + (f"shape {shape}" if shape is not None else type(scores).__name__)
+            )
+        if isinstance(output, torch.Tensor) and scores.shape[0] != output.shape[0]:
+            raise TargetError(
+                f"the callable `target` returned {scores.shape[0]} scores for a batch of "
+                f"{output.shape[0]} samples; return one score per sample"
+            )
+        return scores
+    indices = class_indices(output, target)
+    logits: torch.Tensor = output
+    return logits.gather(1, indices[:, None])[:, 0]
+
+
+def _logits_shape(output: Any) -> tuple[int, int]:
+    if not isinstance(output, torch.Tensor):
+        raise TargetError(
+            f"the model returned a {type(output).__name__}, not a tensor of logits; pass "
+            "`target` as a callable that maps the output to one score per sample, "
+            "e.g. target=lambda out: out['logits'][:, 3]"
+        )
+    if output.dim() != 2:
+        raise TargetError(
+            f"the model returned shape {tuple(output.shape)}, not (N, classes); pass `target` "
+            "as a callable that maps the output to one score per sample, "
+            "e.g. target=lambda out: out[:, 3].mean(dim=(1, 2))"
+        )
+    n, k = output.shape
+    return int(n), int(k)

@@ -1,0 +1,67 @@
+"""The exceptions backlight raises.
+
+Every error derives from :class:`BacklightError` and from the built-in exception a Python user
+would expect for that kind of mistake, so ``except ValueError`` keeps working::
+
+    BacklightError (Exception)
+    ├── InputError (ValueError)            x is not a finite float tensor of shape (N, C, H, W)
+    │   └── InputTypeError (TypeError)     x or model is not a tensor / module at all
+    ├── OptionError (ValueError)           a keyword option has a value the method does not accept
+    ├── TargetError (ValueError)           target out of range, of the wrong length, or unusable
+    ├── LayerNotFoundError (LookupError)   layer names no module of the model
+    ├── LayerError (ValueError)            the layer exists but cannot be used (not called, called
+    │                                      twice, output not a feature map)
+    └── MethodNotApplicableError (ValueError)
+                                           the method's rule has nothing to act on in this model
+                                           (guided backprop on a network without ReLU)
+
+Messages name the argument, say what was expected and say how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BacklightError",
+    "InputError",
+    "InputTypeError",
+    "LayerError",
+    "LayerNotFoundError",
+    "MethodNotApplicableError",
+    "OptionError",
+    "TargetError",
+]
+
+
+class BacklightError(Exception):
+    """Root of every exception raised by backlight."""
+
+
+class InputError(BacklightError, ValueError):
+    """The input tensor ``x`` has the wrong shape, dtype or device, or holds NaN or inf."""
+
+
+class InputTypeError(InputError, TypeError):
+    """``x`` is not a tensor, or ``model`` is not a :class:`torch.nn.Module`."""
+
+
+class OptionError(BacklightError, ValueError):
+    """A keyword option (``reduce``, ``resize``, ...) has a value the method does not accept."""
+
+
+class TargetError(BacklightError, ValueError):
+    """``target`` is out of range, has the wrong length or type, or cannot select a score."""
+
+
+class LayerNotFoundError(BacklightError, LookupError):
+    """``layer`` names no module of the model."""
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the message like a KeyError
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerError(BacklightError, ValueError):
+    """The layer exists but cannot be used: never called, called twice, or not a feature map."""
+
+
+class MethodNotApplicableError(BacklightError, ValueError):
+    """The method cannot apply to this model (for example guided backprop without any ReLU)."""
