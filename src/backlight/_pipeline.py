@@ -1,0 +1,183 @@
+"""The one forward/backward routine every gradient-based method shares.
+
+``run`` checks the arguments, puts the model in eval mode with frozen parameters
+(:mod:`backlight._state`), captures the chosen layer's output, runs the forward pass (optionally
+inside a backward-rule context), selects one score per sample and takes the gradient of their
+sum with respect to the input or the layer only: never the parameters. Whatever happens, the
+model leaves exactly as it came: hooks removed, every module's ``training`` flag and every
+parameter's ``requires_grad`` restored, no ``.grad`` touched; the caller's ``x`` is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_input, check_model
+from ._layers import resolve_layer
+from ._rules import _RuleContext
+from ._state import explaining
+from ._targets import select_scores
+from ._types import Layer, Reduce, Target
+from .errors import LayerError, MethodNotApplicableError
+
+
+@dataclass
+class Capture:
+    """What one forward/backward pass produced.
+
+    Attributes:
+        output: the model's output (detached).
+        scores: the explained score per sample, shape (N,) (detached).
+        activation: the layer's output, or the input when no layer was given (detached).
+        gradient: d(sum of scores) / d(activation), or ``None`` when not asked for.
+        layer: the dotted name of the layer, or ``None`` for the input.
+    """
+
+    output: Any
+    scores: torch.Tensor
+    activation: torch.Tensor
+    gradient: torch.Tensor | None
+    layer: str | None
+
+
+class _LayerProbe:
+    """Forward hook that keeps a layer's output and shields it from later in-place operations.
+
+    The hook hands the rest of the network a copy of the output, so an in-place ReLU right after
+    the layer modifies the copy, and the kept tensor stays the layer's own output: its value and
+    its gradient are those of the layer, not of the ReLU. Calls from other threads are ignored.
+    """
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        self.name = name
+        self.module = module
+        self.thread = threading.get_ident()
+        self.calls = 0
+        self.tensor: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if threading.get_ident() != self.thread:
+            return None
+        self.calls += 1
+        if self.calls > 1:
+            raise LayerError(
+                f"`layer` {self.name!r} ({type(module).__name__}) is called more than once in "
+                "one forward pass, so its output is ambiguous; choose a module that runs once "
+                "(for a reused activation such as torchvision Bottleneck's `relu`, take the "
+                "convolution or batch norm before it, or the whole block)"
+            )
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(
+                f"`layer` {self.name!r} returns a {type(output).__name__}, not a tensor; "
+                "choose a module whose output is a single tensor"
+            )
+        self.tensor = output
+        return output.clone()
+
+
+def run(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    *,
+    layer: Layer | None = None,
+    rule: Callable[..., _RuleContext] | None = None,
+    method: str = "this method",
+    gradient: bool = True,
+) -> Capture:
+    """One forward pass and, if ``gradient``, one backward pass to the input or to ``layer``."""
+    model = check_model(model)
+    x = check_input(x, model)
+    name: str | None = None
+    probe: _LayerProbe | None = None
+    if layer is not None:
+        name, module = resolve_layer(model, layer)
+        probe = _LayerProbe(name, module)
+    with explaining(model), torch.inference_mode(False), torch.enable_grad():
+        handle = probe.module.register_forward_hook(probe) if probe is not None else None
+        try:
+            inp = x.detach().clone().requires_grad_(gradient)
+            context = rule(warn=False) if rule is not None else contextlib.nullcontext()
+            with context:
+                output = model(inp)
+            if rule is not None and context.relu_count == 0:  # type: ignore[union-attr]
+                raise MethodNotApplicableError(
+                    f"{method} changes the backward pass of ReLU activations, but "
+                    f"{type(model).__name__} computed no ReLU in its forward pass (it may use "
+                    "GELU, SiLU or another activation), so the rule does not apply; use "
+                    "backlight.gradient for the plain gradient"
+                )
+        finally:
+            if handle is not None:
+                handle.remove()
+        if probe is not None:
+            if probe.tensor is None:
+                raise LayerError(
+                    f"`layer` {name!r} was not called during the forward pass of "
+                    f"{type(model).__name__}; choose a module that the forward pass uses"
+                )
+            wrt = probe.tensor
+        else:
+            wrt = inp
+        scores = select_scores(output, target)
+        grad = _gradient(scores, wrt, name) if gradient else None
+    return Capture(
+        output=output.detach() if isinstance(output, torch.Tensor) else output,
+        scores=scores.detach(),
+        activation=wrt.detach(),
+        gradient=grad,
+        layer=name,
+    )
+
+
+def _gradient(scores: torch.Tensor, wrt: torch.Tensor, layer: str | None) -> torch.Tensor:
+    grad = None
+    if scores.requires_grad:
+        (grad,) = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+    if grad is None:
+        if layer is None:
+            raise MethodNotApplicableError(
+                "the explained score does not depend on `x` through differentiable operations "
+                "(does the model detach its input, or run under torch.no_grad?), so it has no "
+                "gradient to show"
+            )
+        raise LayerError(
+            f"the explained score does not depend on the output of `layer` {layer!r} "
+            "(is it a side branch, or detached?); choose a layer on the path to the output"
+        )
+    return grad.detach()
+
+
+def reduce_channels(grad: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """Channels to one map: (N, C, h, w) -> (N, 1, h, w), or unchanged for ``None``."""
+    if reduce is None:
+        return grad
+    if reduce == "abs_max":
+        return grad.abs().amax(dim=1, keepdim=True)
+    if reduce == "l2":
+        norm: torch.Tensor = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+        return norm
+    return grad.sum(dim=1, keepdim=True)
+
+
+def resize_to(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of (N, C, h, w) maps to the spatial size of ``x``."""
+    if maps.shape[-2:] == x.shape[-2:]:
+        return maps
+    return F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+
+
+def require_feature_map(tensor: torch.Tensor, layer: str | None) -> None:
+    if tensor.dim() != 4:
+        raise LayerError(
+            f"`layer` {layer!r} outputs shape {tuple(tensor.shape)}, not a feature map "
+            "(N, C, H, W); choose a convolutional layer (list them with model.named_modules())"
+        )

@@ -1,0 +1,277 @@
+"""Backward rules for rectifying activations, applied to every ReLU computed in a scope.
+
+A rule replaces the backward pass of ``relu`` (and, by default, of clipped ReLUs such as ReLU6)
+while leaving the forward values untouched. It is applied through a
+:class:`torch.overrides.TorchFunctionMode`, which PyTorch keeps per thread: every call made by
+the current thread inside the ``with`` block passes through it, whether it is an ``nn.ReLU``
+module, ``F.relu``, ``torch.relu``, ``torch.relu_``, ``Tensor.relu`` or ``Tensor.relu_``, in place
+or not, and however many times one module is called. Nothing global is patched, so another thread
+computing at the same time is not affected.
+
+The rules, with ``g`` the gradient arriving at the activation's output ``y`` and ``[·]`` the
+indicator:
+
+* guided backprop (Springenberg et al. 2015): ``g ↦ [y > 0] · max(g, 0)``; for a clipped ReLU
+  with range ``(lo, hi)``, ``[lo < y < hi] · max(g, 0)``, i.e. the usual derivative times the
+  positive part of ``g``;
+* deconvnet (Zeiler & Fergus 2014): ``g ↦ max(g, 0)``, whatever the forward input.
+
+Limits, by design: activations that are not rectifiers (GELU, SiLU, LeakyReLU, ELU) keep their
+usual gradient; ``torch.clamp(x, min=0)`` and ``F.threshold`` are not treated as ReLUs; code run
+by TorchScript or by other threads is not seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["DeConvNetContext", "GuidedBackpropContext", "RuleNotAppliedWarning"]
+
+
+class RuleNotAppliedWarning(UserWarning):
+    """A rule context ended without seeing any ReLU, so the gradients it produced are plain."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Which calls are rectifiers. Each parser returns (input, lo, hi, in_place) or None when the call,
+# though of a known function, is not a rectifier (hardtanh with a negative lower bound).
+# hi is None for a plain ReLU.
+
+_Parsed = tuple[torch.Tensor, float, "float | None", bool]
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _relu(inplace: bool | None) -> Callable[[tuple[Any, ...], dict[str, Any]], _Parsed]:
+    def parse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Parsed:
+        x = _arg(args, kwargs, 0, "input", None)
+        flag = _arg(args, kwargs, 1, "inplace", False) if inplace is None else inplace
+        return x, 0.0, None, bool(flag)
+
+    return parse
+
+
+def _relu6(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Parsed:
+    x = _arg(args, kwargs, 0, "input", None)
+    return x, 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+
+
+def _hardtanh(inplace: bool | None) -> Callable[[tuple[Any, ...], dict[str, Any]], _Parsed | None]:
+    def parse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Parsed | None:
+        x = _arg(args, kwargs, 0, "input", None)
+        lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+        hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        flag = _arg(args, kwargs, 3, "inplace", False) if inplace is None else inplace
+        if lo != 0.0:
+            return None
+        return x, lo, hi, bool(flag)
+
+    return parse
+
+
+_RELUS: dict[Any, Callable[..., Any]] = {
+    F.relu: _relu(None),
+    torch.relu: _relu(False),
+    torch.relu_: _relu(True),  # also F.relu_
+    torch.Tensor.relu: _relu(False),
+    torch.Tensor.relu_: _relu(True),
+}
+_CLIPPED_RELUS: dict[Any, Callable[..., Any]] = {
+    F.relu6: _relu6,  # nn.ReLU6 goes through F.hardtanh(x, 0, 6)
+    F.hardtanh: _hardtanh(None),
+    F.hardtanh_: _hardtanh(True),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules as autograd functions. The forward runs the original call unchanged (so values,
+# in-place semantics and dtypes are exactly PyTorch's); only the backward differs.
+
+
+def _run(
+    ctx: Any,
+    x: torch.Tensor,
+    func: Callable[..., torch.Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    inplace: bool,
+) -> torch.Tensor:
+    y = func(*args, **kwargs)
+    if inplace:
+        ctx.mark_dirty(x)
+    return y
+
+
+class _Rectifier(torch.autograd.Function):
+    """Base of the rules: ``apply(x, func, args, kwargs, lo, hi, inplace)``."""
+
+
+class _GuidedRectifier(_Rectifier):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        func: Callable[..., torch.Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        lo: float,
+        hi: float | None,
+        inplace: bool,
+    ) -> torch.Tensor:
+        y = _run(ctx, x, func, args, kwargs, inplace)
+        ctx.save_for_backward(y)  # y > lo  <=>  x > lo, so the output suffices, even in place
+        ctx.lo, ctx.hi = lo, hi
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (y,) = ctx.saved_tensors
+        positive = grad.clamp(min=0)
+        if ctx.hi is None:
+            grad_x = torch.ops.aten.threshold_backward(positive, y, 0)
+        else:
+            grad_x = torch.ops.aten.hardtanh_backward(positive, y, ctx.lo, ctx.hi)
+        return grad_x, None, None, None, None, None, None
+
+
+class _DeConvNetRectifier(_Rectifier):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        func: Callable[..., torch.Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        lo: float,
+        hi: float | None,
+        inplace: bool,
+    ) -> torch.Tensor:
+        return _run(ctx, x, func, args, kwargs, inplace)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return grad.clamp(min=0), None, None, None, None, None, None
+
+
+class _RectifierMode(TorchFunctionMode):
+    """Routes every rectifier call of this thread through ``rule``; counts them."""
+
+    def __init__(self, rule: type[_Rectifier], clipped_relu: bool) -> None:
+        super().__init__()
+        self.rule = rule
+        self.table = {**_RELUS, **(_CLIPPED_RELUS if clipped_relu else {})}
+        self.count = 0
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        parse = self.table.get(func)
+        if parse is None:
+            return func(*args, **kwargs)
+        parsed = parse(args, kwargs)
+        if parsed is None or not isinstance(parsed[0], torch.Tensor):
+            return func(*args, **kwargs)
+        x, lo, hi, inplace = parsed
+        self.count += 1
+        return self.rule.apply(x, func, args, kwargs, lo, hi, inplace)
+
+
+class _RuleContext:
+    _rule: ClassVar[type[_Rectifier]]
+    _name: ClassVar[str]
+
+    def __init__(self, *, clipped_relu: bool = True, warn: bool = True) -> None:
+        self.clipped_relu = clipped_relu
+        self.warn = warn
+        self._modes: list[_RectifierMode] = []
+        self._count = 0
+
+    @property
+    def relu_count(self) -> int:
+        """How many rectifier calls the rule has been applied to in this context so far."""
+        return self._count + sum(mode.count for mode in self._modes)
+
+    def __enter__(self) -> _RuleContext:
+        mode = _RectifierMode(self._rule, self.clipped_relu)
+        mode.__enter__()  # type: ignore[no-untyped-call]
+        self._modes.append(mode)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        mode = self._modes.pop()
+        mode.__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+        self._count += mode.count
+        if self.warn and exc_type is None and mode.count == 0:
+            warnings.warn(
+                f"{type(self).__name__} saw no ReLU inside its block, so {self._name} did not "
+                "change any gradient; the model may use other activations (GELU, SiLU, ...)",
+                RuleNotAppliedWarning,
+                stacklevel=2,
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(clipped_relu={self.clipped_relu})"
+
+
+class GuidedBackpropContext(_RuleContext):
+    """Apply the guided-backprop rule to every ReLU computed by this thread inside the block.
+
+    At each ReLU the gradient passes only where the forward input was positive and the upstream
+    gradient is positive (Springenberg et al., *Striving for simplicity*, ICLR-W 2015):
+    ``∂ ↦ [x > 0] · max(∂, 0)``. Forward values are unchanged.
+
+    Args:
+        clipped_relu: also treat ReLU6 and ``hardtanh(x, 0, m)`` as ReLUs, passing the gradient
+            where ``0 < x < m`` (the default). TorchRay and Captum leave them with the plain
+            gradient; pass ``False`` to reproduce that.
+        warn: emit :class:`RuleNotAppliedWarning` when the block computed no ReLU at all.
+
+    Example:
+        >>> import torch, backlight
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> x = torch.randn(1, 3, requires_grad=True)
+        >>> with backlight.GuidedBackpropContext():
+        ...     net(x)[0, 1].backward()
+        >>> x.grad.shape
+        torch.Size([1, 3])
+    """
+
+    _rule = _GuidedRectifier
+    _name = "guided backprop"
+
+
+class DeConvNetContext(_RuleContext):
+    """Apply the deconvnet rule to every ReLU computed by this thread inside the block.
+
+    At each ReLU the upstream gradient passes clamped at zero, whatever the forward input
+    (Zeiler & Fergus, *Visualizing and understanding convolutional networks*, ECCV 2014):
+    ``∂ ↦ max(∂, 0)``. Forward values are unchanged. ``clipped_relu`` is as for
+    :class:`GuidedBackpropContext`.
+    """
+
+    _rule = _DeConvNetRectifier
+    _name = "deconvnet"

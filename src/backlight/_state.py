@@ -1,0 +1,67 @@
+"""Put a model in the state an explanation needs, and put it back exactly, even across threads.
+
+During a call the model runs in eval mode (so a batch gives the same maps as its samples one by
+one, and batch-norm statistics are not updated) and its parameters do not require gradients (so
+the forward pass records no graph for them: only input or layer gradients are ever computed).
+
+The original flags are kept in a registry shared by all threads and counted, so two calls that
+explain the same model at once, from two threads or nested, restore the flags the model had
+before the first of them began, not the frozen flags the second one saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from torch import nn
+
+_lock = threading.Lock()
+# id(object) -> [object, original flag, number of active calls]; the object is kept so that its
+# id cannot be reused while the entry lives.
+_training: dict[int, list[object]] = {}
+_requires_grad: dict[int, list[object]] = {}
+
+
+def _acquire(
+    registry: dict[int, list[object]], items: list[object], attr: str, value: bool
+) -> None:
+    for item in items:
+        entry = registry.get(id(item))
+        if entry is None:
+            registry[id(item)] = [item, getattr(item, attr), 1]
+            if attr == "requires_grad":
+                item.requires_grad_(value)  # type: ignore[attr-defined]
+            else:
+                setattr(item, attr, value)
+        else:
+            entry[2] = int(entry[2]) + 1  # type: ignore[call-overload]
+
+
+def _release(registry: dict[int, list[object]], items: list[object], attr: str) -> None:
+    for item in items:
+        entry = registry[id(item)]
+        entry[2] = int(entry[2]) - 1  # type: ignore[call-overload]
+        if entry[2] == 0:
+            del registry[id(item)]
+            if attr == "requires_grad":
+                item.requires_grad_(bool(entry[1]))  # type: ignore[attr-defined]
+            else:
+                setattr(item, attr, entry[1])
+
+
+@contextlib.contextmanager
+def explaining(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters inside the block; the original flags afterwards."""
+    modules: list[object] = list(model.modules())
+    params: list[object] = list(model.parameters())
+    with _lock:
+        _acquire(_training, modules, "training", False)
+        _acquire(_requires_grad, params, "requires_grad", False)
+    try:
+        yield
+    finally:
+        with _lock:
+            _release(_requires_grad, params, "requires_grad")
+            _release(_training, modules, "training")

@@ -1,0 +1,183 @@
+"""The gradient family: vanilla gradient, guided backprop and deconvnet.
+
+All three are the same forward/backward pass (:func:`backlight._pipeline.run`); they differ only
+in the backward rule applied at the ReLUs, which is the economy TorchRay's design showed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .._checks import check_flag, check_reduce
+from .._pipeline import reduce_channels, require_feature_map, resize_to, run
+from .._registry import register
+from .._rules import DeConvNetContext, GuidedBackpropContext, _RuleContext
+from .._types import Layer, Reduce, Target
+
+__all__ = ["deconvnet", "gradient", "guided_backprop", "rectified"]
+
+_OPTIONS = ("layer", "reduce", "resize")
+
+
+def _saliency(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    *,
+    layer: Layer | None,
+    reduce: Reduce,
+    resize: bool,
+    rule: Callable[..., _RuleContext] | None,
+    method: str,
+) -> torch.Tensor:
+    reduce = check_reduce(reduce)
+    resize = check_flag("resize", resize)
+    capture = run(model, x, target, layer=layer, rule=rule, method=method)
+    assert capture.gradient is not None  # run() was asked for the gradient
+    if capture.layer is not None:
+        require_feature_map(capture.gradient, capture.layer)
+    maps = reduce_channels(capture.gradient, reduce)
+    return resize_to(maps, x) if resize else maps
+
+
+@register(
+    "gradient",
+    family="gradient",
+    summary="gradient of the class score with respect to the input or a layer",
+    paper="Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014",
+    aliases=("saliency", "vanilla_gradient"),
+    options=_OPTIONS,
+)
+def gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    reduce: Reduce = "abs_max",
+    resize: bool = False,
+) -> torch.Tensor:
+    """The gradient of the class score with respect to the input (Simonyan et al. 2014).
+
+    ``map = reduce_c(∂ score / ∂ a)``, with ``a`` the input or the output of ``layer``.
+
+    Args:
+        model: the network; it runs in eval mode during the call and is restored afterwards.
+        x: a float tensor of shape (N, C, H, W).
+        target: ``None`` for each sample's predicted class, an int, one class per sample (a
+            sequence or 1-D tensor), or a callable ``output -> (N,) scores``.
+        layer: ``None`` for the input, or a module (dotted name or module object) whose
+            output the gradient is taken at.
+        reduce: ``"abs_max"`` (max over channels of ``|g|``), ``"l2"``, ``"sum"``, or ``None`` to
+            keep every channel.
+        resize: upsample the map bilinearly to the input's size.
+
+    Returns:
+        A detached tensor (N, 1, h, w), or (N, C, h, w) with ``reduce=None``.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> backlight.gradient(model, torch.randn(2, 3, 64, 64), target=[3, 7]).shape
+        torch.Size([2, 1, 64, 64])
+    """
+    return _saliency(
+        model, x, target, layer=layer, reduce=reduce, resize=resize, rule=None, method="gradient"
+    )
+
+
+@register(
+    "guided_backprop",
+    family="gradient",
+    summary="gradient with negative signals stopped at every ReLU, forward and backward",
+    paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
+    "The All Convolutional Net, ICLR-W 2015",
+    aliases=("guided",),
+    options=_OPTIONS,
+)
+def guided_backprop(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    reduce: Reduce = "abs_max",
+    resize: bool = False,
+) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015).
+
+    At every ReLU the gradient passes only where the forward input was positive and the upstream
+    gradient is positive: ``∂x = [x > 0] · max(∂y, 0)``. Every ReLU is covered: ``nn.ReLU``
+    modules, ``F.relu``, ``torch.relu``, ``Tensor.relu``, in-place variants and modules called
+    several times, and ReLU6 (``0 < x < 6``); see :class:`backlight.GuidedBackpropContext`.
+
+    Arguments and result are as for :func:`backlight.gradient`.
+
+    Raises:
+        MethodNotApplicableError: the model computes no ReLU, so the rule has nothing to act on.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.vgg11(num_classes=10)
+        >>> rgb = backlight.guided_backprop(model, torch.randn(1, 3, 64, 64), 3, reduce=None)
+        >>> rgb.shape
+        torch.Size([1, 3, 64, 64])
+    """
+    return _saliency(
+        model,
+        x,
+        target,
+        layer=layer,
+        reduce=reduce,
+        resize=resize,
+        rule=GuidedBackpropContext,
+        method="guided backprop",
+    )
+
+
+@register(
+    "deconvnet",
+    family="gradient",
+    summary="backward pass with the upstream signal rectified at every ReLU",
+    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+    aliases=("rectified",),
+    options=_OPTIONS,
+)
+def deconvnet(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    reduce: Reduce = "abs_max",
+    resize: bool = False,
+) -> torch.Tensor:
+    """DeconvNet (Zeiler & Fergus 2014), also known as "rectified" gradient in tf-keras-vis.
+
+    At every ReLU the upstream signal passes clamped at zero, whatever the forward input:
+    ``∂x = max(∂y, 0)``. Arguments, coverage and result are as for
+    :func:`backlight.guided_backprop`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.alexnet(num_classes=10)
+        >>> backlight.deconvnet(model, torch.randn(1, 3, 96, 96), 0).shape
+        torch.Size([1, 1, 96, 96])
+    """
+    return _saliency(
+        model,
+        x,
+        target,
+        layer=layer,
+        reduce=reduce,
+        resize=resize,
+        rule=DeConvNetContext,
+        method="deconvnet",
+    )
+
+
+#: The deconvnet method under the name tf-keras-vis users know.
+rectified = deconvnet
