@@ -1,0 +1,73 @@
+"""The public surface is exactly the documented names, and every method is registered once."""
+
+from __future__ import annotations
+
+import inspect
+
+import backlight
+
+DOCUMENTED = {
+    # methods
+    "gradient",
+    "guided_backprop",
+    "deconvnet",
+    "rectified",
+    # backward-rule contexts
+    "GuidedBackpropContext",
+    "DeConvNetContext",
+    "RuleNotAppliedWarning",
+    # the registry
+    "MethodInfo",
+    "get_method",
+    "list_methods",
+    # errors
+    "BacklightError",
+    "InputError",
+    "InputTypeError",
+    "LayerError",
+    "LayerNotFoundError",
+    "MethodNotApplicableError",
+    "OptionError",
+    "TargetError",
+}
+
+
+def test_all_is_exactly_the_documented_names() -> None:
+    assert set(backlight.__all__) == DOCUMENTED
+    for name in backlight.__all__:
+        assert hasattr(backlight, name), name
+
+
+def test_every_registered_method_is_public_and_documented() -> None:
+    for info in backlight.list_methods():
+        assert getattr(backlight, info.name) is info.function
+        doc = inspect.getdoc(info.function) or ""
+        assert "Example:" in doc, info.name
+        assert info.paper and info.summary
+
+
+def test_gradient_family_shares_one_signature() -> None:
+    expected = inspect.signature(backlight.gradient)
+    assert str(expected) == (
+        "(model: 'nn.Module', x: 'torch.Tensor', target: 'Target' = None, *, "
+        "layer: 'Layer | None' = None, reduce: 'Reduce' = 'abs_max', resize: 'bool' = False)"
+        " -> 'torch.Tensor'"
+    )
+    for info in backlight.list_methods("gradient"):
+        assert inspect.signature(info.function) == expected, info.name
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    for info in backlight.list_methods():
+        finder = doctest.DocTestFinder()
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in finder.find(info.function, info.name, globs={}):
+            runner.run(test)
+        assert runner.tries > 0 and runner.failures == 0, info.name
+    for cls in (backlight.GuidedBackpropContext,):
+        runner = doctest.DocTestRunner()
+        for test in doctest.DocTestFinder().find(cls, cls.__name__, globs={}):
+            runner.run(test)
+        assert runner.tries > 0 and runner.failures == 0

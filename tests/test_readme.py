@@ -1,0 +1,25 @@
+"""CI runs exactly the README's test command, and the README's first command is the quickstart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _code_blocks() -> list[str]:
+    return re.findall(r"```\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    blocks = _code_blocks()
+    test_command = next(b for b in blocks if "pytest" in b)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
+
+
+def test_first_command_runs_the_quickstart() -> None:
+    first = _code_blocks()[0]
+    assert first.endswith("examples/quickstart.py")
+    assert (ROOT / "examples" / "quickstart.py").exists()
