@@ -1,0 +1,117 @@
+"""Time backlight's gradient and guided backprop against Captum, TorchRay and the bare bound.
+
+The bound is what any input-gradient method must do: one forward pass and one
+``torch.autograd.grad`` with respect to the input only. Every contender runs on the same model,
+input and targets; the rounds are interleaved (A B C ... A B C ...) so that drift in the machine's
+speed hits all contenders alike, and the medians are compared as ratios to the bound.
+
+    python benchmarks/gradient_family.py                # ResNet-50, batch 8, 224x224, 7 rounds
+    python benchmarks/gradient_family.py --rounds 3 --markdown BENCHMARKS.md
+
+Needs the benchmark dependencies: ``pip install captum torchray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+import backlight
+
+
+def contenders(
+    model: torch.nn.Module, x: torch.Tensor, target: list[int]
+) -> dict[str, Callable[[], object]]:
+    from captum.attr import GuidedBackprop, Saliency
+    from torchray.attribution.gradient import gradient as torchray_gradient
+    from torchray.attribution.guided_backprop import guided_backprop as torchray_guided
+
+    one_hot = torch.zeros(x.shape[0], 1000)
+    one_hot[torch.arange(x.shape[0]), target] = 1.0
+
+    def bound() -> object:
+        inp = x.clone().requires_grad_(True)
+        return torch.autograd.grad(model(inp), inp, one_hot)[0]
+
+    def captum_gradient() -> object:
+        return Saliency(model).attribute(x.clone().requires_grad_(True), target=target, abs=False)
+
+    def captum_guided() -> object:
+        return GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=target)
+
+    return {
+        "bound: forward + autograd.grad(input)": bound,
+        "backlight.gradient": lambda: backlight.gradient(model, x, target),
+        "backlight.guided_backprop": lambda: backlight.guided_backprop(model, x, target),
+        "captum Saliency": captum_gradient,
+        "captum GuidedBackprop": captum_guided,
+        "torchray gradient": lambda: torchray_gradient(
+            model, x.clone().requires_grad_(True), target
+        ),
+        "torchray guided_backprop": lambda: torchray_guided(
+            model, x.clone().requires_grad_(True), target
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", help="append the result table to this file")
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore")  # Captum warns on every call that it sets hooks
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.model)(weights=None).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    target = [(37 * i + 11) % 1000 for i in range(args.batch)]
+    runs = contenders(model, x, target)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for r in range(args.rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            for p in model.parameters():  # peers may leave parameter gradients behind
+                p.grad = None
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    bound = statistics.median(times["bound: forward + autograd.grad(input)"])
+    command = "python benchmarks/gradient_family.py " + " ".join(argv or sys.argv[1:])
+    lines = [
+        f"### Gradient family: {args.model}, batch {args.batch}, {args.size}x{args.size}, CPU "
+        f"({args.threads} threads), {args.rounds} interleaved rounds",
+        "",
+        f"`{command.strip()}` on {platform.machine()}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}. Ratio = median time / median time of the bound.",
+        "",
+        "| contender | ratio to bound |",
+        "| --- | ---: |",
+    ]
+    for name, ts in times.items():
+        lines.append(f"| {name} | {statistics.median(ts) / bound:.3f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
