@@ -54,5 +54,18 @@ def torchvision_model(name: str) -> nn.Module:
     return model.eval()
 
 
-def all_methods() -> list[backlight.MethodInfo]:
-    return backlight.list_methods()
+def explain(
+    method: backlight.MethodInfo,
+    model: nn.Module,
+    x: torch.Tensor,
+    target: object,
+    **options: object,
+) -> torch.Tensor:
+    """Call a registered method with its quick settings (few masks or iterations) plus ``options``."""
+    result = method.function(model, x, target, **{**method.quick, **options})
+    return result if isinstance(result, torch.Tensor) else result.maps
+
+
+def methods_with(option: str | None = None) -> list[backlight.MethodInfo]:
+    """Registered methods, optionally only those that take ``option``."""
+    return [m for m in backlight.list_methods() if option is None or option in m.options]

@@ -8,11 +8,12 @@ import torch
 import backlight
 from backlight import errors
 
-from .conftest import torchvision_model
+from .conftest import explain, methods_with, torchvision_model
 from .nets import NoReLU, TinyNet
 
-METHODS = backlight.list_methods()
+METHODS = methods_with()
 IDS = [m.name for m in METHODS]
+LAYERED = methods_with("layer")
 
 
 def test_exception_tree() -> None:
@@ -56,7 +57,7 @@ def test_exception_tree() -> None:
 )
 def test_bad_input(method: backlight.MethodInfo, x: object, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
-        method.function(TinyNet(), x, 0)
+        explain(method, TinyNet(), x, 0)
 
 
 def test_inf_is_rejected_too() -> None:
@@ -71,11 +72,11 @@ def test_model_must_be_a_module() -> None:
         backlight.gradient(lambda x: x, torch.zeros(1, 3, 4, 4))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", LAYERED, ids=[m.name for m in LAYERED])
 def test_layer_name_suggests_close_names(method: backlight.MethodInfo) -> None:
     model = torchvision_model("resnet18")
     with pytest.raises(errors.LayerNotFoundError) as info:
-        method.function(model, torch.randn(1, 3, 32, 32), 0, layer="layer5")
+        explain(method, model, torch.randn(1, 3, 32, 32), 0, layer="layer5")
     message = str(info.value)
     assert "`layer` 'layer5' is not a module of ResNet; did you mean 'layer4'" in message
     assert "'layer1'" in message  # the other close names are listed too

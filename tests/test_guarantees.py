@@ -11,11 +11,12 @@ from torch import nn
 
 import backlight
 
-from .conftest import torchvision_model
+from .conftest import explain, methods_with, torchvision_model
 from .nets import Raises, TinyNet
 
-METHODS = backlight.list_methods()
+METHODS = methods_with()
 IDS = [m.name for m in METHODS]
+LAYERED = methods_with("layer")
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -82,7 +83,7 @@ def _mixed_state(model: nn.Module) -> nn.Module:
 def test_model_is_unchanged_after_a_normal_call(method: backlight.MethodInfo) -> None:
     model = _mixed_state(TinyNet())
     before = _snapshot(model)
-    maps = method.function(model, torch.randn(2, 3, 12, 12), [0, 1])
+    maps = explain(method, model, torch.randn(2, 3, 12, 12), [0, 1])
     assert maps.abs().sum() > 0
     _assert_unchanged(model, before)
 
@@ -92,13 +93,13 @@ def test_input_is_unchanged(method: backlight.MethodInfo) -> None:
     model = TinyNet().eval()
     x = torch.randn(2, 3, 12, 12)
     original = x.clone()
-    method.function(model, x, 1)
+    explain(method, model, x, 1)
     assert x.grad is None and not x.requires_grad
     assert torch.equal(x, original)
 
     leaf = torch.randn(2, 3, 12, 12, requires_grad=True)
     leaf.grad = torch.ones_like(leaf)
-    method.function(model, leaf, 1)
+    explain(method, model, leaf, 1)
     assert leaf.requires_grad and torch.equal(leaf.grad, torch.ones_like(leaf))
 
 
@@ -107,21 +108,31 @@ def test_model_is_unchanged_when_forward_raises(method: backlight.MethodInfo) ->
     model = _mixed_state(Raises())
     before = _snapshot(model)
     with pytest.raises(RuntimeError, match="boom in forward"):
-        method.function(model, torch.randn(1, 3, 8, 8), 0)
+        explain(method, model, torch.randn(1, 3, 8, 8), 0)
     _assert_unchanged(model, before)
-    with pytest.raises(RuntimeError, match="boom in forward"):
-        method.function(model, torch.randn(1, 3, 8, 8), 0, layer="conv")
-    _assert_unchanged(model, before)
+    if "layer" in method.options:
+        with pytest.raises(RuntimeError, match="boom in forward"):
+            explain(method, model, torch.randn(1, 3, 8, 8), 0, layer="conv")
+        _assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
-def test_model_is_unchanged_after_a_bad_target_or_layer(method: backlight.MethodInfo) -> None:
+def test_model_is_unchanged_after_a_bad_target(method: backlight.MethodInfo) -> None:
     model = _mixed_state(TinyNet())
     before = _snapshot(model)
     with pytest.raises(backlight.TargetError):
-        method.function(model, torch.randn(2, 3, 12, 12), 99, layer="conv3")
+        explain(method, model, torch.randn(2, 3, 12, 12), 99)
+    _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", LAYERED, ids=[m.name for m in LAYERED])
+def test_model_is_unchanged_after_a_bad_layer(method: backlight.MethodInfo) -> None:
+    model = _mixed_state(TinyNet())
+    before = _snapshot(model)
+    with pytest.raises(backlight.TargetError):
+        explain(method, model, torch.randn(2, 3, 12, 12), 99, layer="conv3")
     with pytest.raises(backlight.LayerError):
-        method.function(model, torch.randn(2, 3, 12, 12), 0, layer="relu")  # called twice
+        explain(method, model, torch.randn(2, 3, 12, 12), 0, layer="relu")  # called twice
     _assert_unchanged(model, before)
 
 
@@ -130,8 +141,8 @@ def test_batch_equals_per_sample(method: backlight.MethodInfo) -> None:
     model = torchvision_model("resnet18")
     x = torch.randn(3, 3, 64, 64)
     target = [1, 5, 9]
-    batch = method.function(model, x, target)
-    single = torch.cat([method.function(model, x[i : i + 1], t) for i, t in enumerate(target)])
+    batch = explain(method, model, x, target)
+    single = torch.cat([explain(method, model, x[i : i + 1], t) for i, t in enumerate(target)])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-6)
     assert batch.abs().sum() > 0
 
@@ -140,7 +151,7 @@ def test_batch_equals_per_sample(method: backlight.MethodInfo) -> None:
 def test_repeatable(method: backlight.MethodInfo) -> None:
     model = TinyNet().eval()
     x = torch.randn(2, 3, 12, 12)
-    assert torch.equal(method.function(model, x, [2, 3]), method.function(model, x, [2, 3]))
+    assert torch.equal(explain(method, model, x, [2, 3]), explain(method, model, x, [2, 3]))
 
 
 def test_only_input_gradients_are_computed() -> None:

@@ -24,6 +24,8 @@ class MethodInfo:
         paper: the reference, as "Authors, Title, Venue Year".
         aliases: other names for the same method.
         options: the keyword options beyond ``model, x, target``.
+        quick: options that make a run cheap (fewer masks or iterations) for tests, the demo and
+            smoke runs; empty for methods that are one forward and one backward pass.
     """
 
     name: str
@@ -33,6 +35,7 @@ class MethodInfo:
     paper: str
     aliases: tuple[str, ...] = ()
     options: tuple[str, ...] = field(default=())
+    quick: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -46,11 +49,14 @@ def register(
     paper: str,
     aliases: tuple[str, ...] = (),
     options: tuple[str, ...] = (),
+    quick: dict[str, Any] | None = None,
 ) -> Callable[[F], F]:
     def decorate(function: F) -> F:
         if name in _REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodInfo(name, function, family, summary, paper, aliases, options)
+        _REGISTRY[name] = MethodInfo(
+            name, function, family, summary, paper, aliases, options, dict(quick or {})
+        )
         return function
 
     return decorate
