@@ -43,11 +43,14 @@ def torchvision_model(name: str) -> nn.Module:
     """A torchvision architecture with seeded random weights, built once per session.
 
     BatchNorm running statistics are randomised too, so that eval-mode normalisation is not the
-    identity and every layer matters.
+    identity and every layer matters, and classifier heads that torchvision initialises to zero
+    (ViT's) get random weights, or every gradient would be zero.
     """
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None)
     for module in model.modules():
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)

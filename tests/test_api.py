@@ -12,6 +12,16 @@ DOCUMENTED = {
     "guided_backprop",
     "deconvnet",
     "rectified",
+    "grad_cam",
+    "guided_grad_cam",
+    "linear_approx",
+    "grad_cam_plus_plus",
+    "score_cam",
+    "layer_cam",
+    "smooth_grad",
+    # helpers for layers
+    "default_cam_layer",
+    "vit_reshape",
     # backward-rule contexts
     "GuidedBackpropContext",
     "DeConvNetContext",

@@ -6,6 +6,7 @@ Every method takes ``(model, x, target=None, **options)`` with ``x`` a float ten
 
 from __future__ import annotations
 
+from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
 from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
 from .errors import (
@@ -18,7 +19,17 @@ from .errors import (
     OptionError,
     TargetError,
 )
+from .methods.cam import (
+    grad_cam,
+    grad_cam_plus_plus,
+    guided_grad_cam,
+    layer_cam,
+    linear_approx,
+    score_cam,
+    vit_reshape,
+)
 from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
+from .methods.smoothgrad import smooth_grad
 
 __version__ = "0.1.0"
 
@@ -36,9 +47,18 @@ __all__ = [
     "RuleNotAppliedWarning",
     "TargetError",
     "deconvnet",
+    "default_cam_layer",
     "get_method",
+    "grad_cam",
+    "grad_cam_plus_plus",
     "gradient",
     "guided_backprop",
+    "guided_grad_cam",
+    "layer_cam",
+    "linear_approx",
     "list_methods",
     "rectified",
+    "score_cam",
+    "smooth_grad",
+    "vit_reshape",
 ]

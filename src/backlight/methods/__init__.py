@@ -1,5 +1,5 @@
 """One module per method family; importing this package registers every method."""
 
-from . import gradients
+from . import cam, gradients
 
-__all__ = ["gradients"]
+__all__ = ["cam", "gradients"]

@@ -1,0 +1,449 @@
+"""The CAM family: maps built from a layer's activations ``A`` (N, K, h, w) and, for most, the
+gradient ``G = ∂ score / ∂ A`` at that layer's own output.
+
+All of them share one forward/backward pass (:func:`backlight._pipeline.run`), which keeps the
+layer's output safe from an in-place ReLU that follows it, so ``A`` and ``G`` always belong to
+the same tensor (pytorch-grad-cam pairs post-ReLU activations with pre-ReLU gradients there).
+Without ``layer``, the last module whose output is a spatial feature map is used and logged on
+the ``backlight`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._checks import check_flag, check_input, check_model, check_reduce
+from .._layers import default_cam_layer
+from .._pipeline import Capture, reduce_channels, require_feature_map, resize_to, run
+from .._registry import register
+from .._rules import GuidedBackpropContext
+from .._state import explaining
+from .._targets import class_indices
+from .._types import Layer, Reduce, Target
+from ..errors import LayerError, OptionError
+from .gradients import _saliency
+
+__all__ = [
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "guided_grad_cam",
+    "layer_cam",
+    "linear_approx",
+    "score_cam",
+    "vit_reshape",
+]
+
+logger = logging.getLogger("backlight")
+
+#: Turns a layer's output into a feature map (N, K, h, w), e.g. :func:`vit_reshape`.
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+_OPTIONS = ("layer", "resize", "relu", "reshape")
+
+
+def vit_reshape(tokens: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
+    """Token sequence (N, 1 + h·w, D) of a ViT-style layer to a feature map (N, D, h, w).
+
+    Drops the ``prefix_tokens`` leading tokens (the class token; use 2 for DeiT's class and
+    distillation tokens, e.g. with ``functools.partial``) and lays the rest out on their square
+    grid, row by row, as the patch embedding produced them.
+
+    Example:
+        >>> import torch, backlight
+        >>> backlight.vit_reshape(torch.zeros(2, 1 + 14 * 14, 768)).shape
+        torch.Size([2, 768, 14, 14])
+    """
+    if tokens.dim() != 3:
+        raise LayerError(
+            f"vit_reshape expects tokens of shape (N, tokens, dim), got {tuple(tokens.shape)}; "
+            "choose a layer that outputs a token sequence, e.g. a ViT block's 'ln_1'"
+        )
+    n, count, dim = tokens.shape
+    side = round((count - prefix_tokens) ** 0.5)
+    if count - prefix_tokens <= 0 or side * side != count - prefix_tokens:
+        raise LayerError(
+            f"vit_reshape: {count} tokens minus {prefix_tokens} prefix token(s) is not a square "
+            "grid of patches; set `prefix_tokens` to the number of class/register tokens"
+        )
+    grid = tokens[:, prefix_tokens:, :].reshape(n, side, side, dim)
+    return grid.permute(0, 3, 1, 2)
+
+
+def _layer_capture(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    *,
+    layer: Layer | None,
+    reshape: Reshape | None,
+    method: str,
+    gradient: bool = True,
+) -> Capture:
+    """One pass capturing the layer's activation (and gradient), as feature maps (N, K, h, w)."""
+    model = check_model(model)
+    x = check_input(x, model)
+    if layer is None:
+        if reshape is not None:
+            raise OptionError(
+                f"{method}: `reshape` is given but `layer` is not; name the layer whose output "
+                "it reshapes (for torchvision's ViT: 'encoder.layers.encoder_layer_11.ln_1')"
+            )
+        layer = default_cam_layer(model, x)
+        logger.info("%s: no `layer` given; using %r, the last spatial feature map", method, layer)
+    capture = run(model, x, target, layer=layer, gradient=gradient, method=method)
+    activation, grad = capture.activation, capture.gradient
+    if reshape is not None:
+        activation = _reshaped(reshape, activation, capture.layer)
+        grad = _reshaped(reshape, grad, capture.layer) if grad is not None else None
+    require_feature_map(activation, capture.layer)
+    return replace(capture, activation=activation, gradient=grad)
+
+
+def _reshaped(reshape: Reshape, tensor: torch.Tensor, layer: str | None) -> torch.Tensor:
+    out = reshape(tensor)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != tensor.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise OptionError(
+            f"`reshape` must turn the output of `layer` {layer!r} {tuple(tensor.shape)} into a "
+            f"feature map (N, K, h, w) with the same N, got {shape}"
+        )
+    return out
+
+
+def _finish(maps: torch.Tensor, x: torch.Tensor, relu: bool, resize: bool) -> torch.Tensor:
+    if relu:
+        maps = maps.clamp(min=0)
+    return resize_to(maps, x) if resize else maps
+
+
+@register(
+    "grad_cam",
+    family="cam",
+    summary="layer activations weighted by their spatially averaged gradients, rectified",
+    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
+    "Gradient-based Localization, ICCV 2017",
+    aliases=("gradcam",),
+    options=_OPTIONS,
+)
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    relu: bool = True,
+    reshape: Reshape | None = None,
+) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017).
+
+    ``map = ReLU(Σ_k α_k A_k)`` with ``α_k = mean_{ij} ∂score/∂A_kij``, at the output of ``layer``.
+
+    Args:
+        model: the network; it runs in eval mode during the call and is restored afterwards.
+        x: a float tensor of shape (N, C, H, W).
+        target: ``None`` for each sample's predicted class, an int, one class per sample, or a
+            callable ``output -> (N,) scores``.
+        layer: a module (dotted name or module object). Without it, the last module whose
+            output is a spatial feature map (ResNet's ``layer4``, VGG's ``features``), logged on
+            the ``backlight`` logger; :func:`backlight.default_cam_layer` tells which in advance.
+        resize: upsample the map bilinearly to the input's size.
+        relu: rectify the map (the paper's definition); ``False`` keeps the signed map.
+        reshape: turns the layer's output into (N, K, h, w), for token outputs of transformers
+            (:func:`backlight.vit_reshape`).
+
+    Returns:
+        A detached tensor (N, 1, h, w) at the layer's resolution, or (N, 1, H, W) with
+        ``resize=True``.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> backlight.grad_cam(model, torch.randn(2, 3, 64, 64), [1, 2], layer="layer3").shape
+        torch.Size([2, 1, 4, 4])
+    """
+    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="grad_cam")
+    assert c.gradient is not None
+    weights = c.gradient.mean(dim=(2, 3), keepdim=True)
+    return _finish((weights * c.activation).sum(dim=1, keepdim=True), x, relu, resize)
+
+
+@register(
+    "guided_grad_cam",
+    family="cam",
+    summary="guided backprop at the input times the Grad-CAM map upsampled to the input",
+    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
+    "Gradient-based Localization, ICCV 2017",
+    options=("layer", "reduce", "reshape"),
+)
+def guided_grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    reduce: Reduce = "abs_max",
+    reshape: Reshape | None = None,
+) -> torch.Tensor:
+    """Guided Grad-CAM (Selvaraju et al. 2017).
+
+    ``map = reduce_c(GB_c · up(GradCAM))``: guided backprop (:func:`backlight.guided_backprop`)
+    multiplied pixel by pixel with the Grad-CAM map upsampled bilinearly to the input's size.
+    Two passes, as in the paper: Grad-CAM's gradient is the plain one.
+
+    Args:
+        reduce: as for :func:`backlight.gradient`; ``None`` keeps the RGB channels.
+        Others as for :func:`backlight.grad_cam`.
+
+    Returns:
+        A detached tensor (N, 1, H, W), or (N, C, H, W) with ``reduce=None``.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.vgg11(num_classes=10)
+        >>> backlight.guided_grad_cam(model, torch.randn(1, 3, 64, 64), 4).shape
+        torch.Size([1, 1, 64, 64])
+    """
+    reduce = check_reduce(reduce)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
+    assert c.gradient is not None
+    weights = c.gradient.mean(dim=(2, 3), keepdim=True)
+    cam = (weights * c.activation).sum(dim=1, keepdim=True).clamp(min=0)
+    classes = target if callable(target) else class_indices(c.output, target)
+    guided = _saliency(
+        model,
+        x,
+        classes,
+        layer=None,
+        reduce=None,
+        resize=False,
+        rule=GuidedBackpropContext,
+        method="guided_grad_cam",
+    )
+    return reduce_channels(guided * resize_to(cam, x), reduce)
+
+
+@register(
+    "linear_approx",
+    family="cam",
+    summary="activation times gradient at a layer, summed over channels (signed)",
+    paper="Fong & Vedaldi's TorchRay (the first-order Taylor term at a layer); cf. "
+    "Kindermans et al., Investigating the influence of noise and distractors, 2016",
+    aliases=("gradient_x_activation",),
+    options=("layer", "resize", "reshape"),
+)
+def linear_approx(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    reshape: Reshape | None = None,
+) -> torch.Tensor:
+    """Linear approximation (TorchRay): ``map = Σ_k A_k · ∂score/∂A_k``, signed.
+
+    The first-order Taylor contribution of each position of the layer to the score; Grad-CAM
+    without the spatial averaging and without the ReLU. Arguments as for
+    :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> backlight.linear_approx(model, torch.randn(1, 3, 64, 64), 3, layer="layer2").shape
+        torch.Size([1, 1, 8, 8])
+    """
+    resize = check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="linear_approx")
+    assert c.gradient is not None
+    return _finish((c.activation * c.gradient).sum(dim=1, keepdim=True), x, False, resize)
+
+
+@register(
+    "grad_cam_plus_plus",
+    family="cam",
+    summary="Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score)",
+    paper="Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations "
+    "for Deep Convolutional Networks, WACV 2018",
+    aliases=("gradcam++", "grad_cam++"),
+    options=_OPTIONS,
+)
+def grad_cam_plus_plus(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    relu: bool = True,
+    reshape: Reshape | None = None,
+) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018).
+
+    With ``Y = exp(score)`` the paper's weights reduce to first derivatives ``g = ∂score/∂A``:
+    ``α_kij = g² / (2g² + Σ_ab A_kab · g³) = 1 / (2 + S_k · g)`` with ``S_k = Σ_ab A_kab``,
+    ``w_k = Σ_ij α_kij · ReLU(g_kij)``, ``map = ReLU(Σ_k w_k A_k)``. The closed form needs no
+    epsilon (pytorch-grad-cam adds 1e-6 to the denominator, which distorts maps whose gradients
+    are below about 1e-3). Arguments as for :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="grad_cam_plus_plus")
+    assert c.gradient is not None
+    g, a = c.gradient, c.activation
+    denominator = 2 + a.sum(dim=(2, 3), keepdim=True) * g
+    positive = g.clamp(min=0)
+    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    alpha_relu = torch.where((g > 0) & (denominator != 0), positive / safe, torch.zeros_like(g))
+    weights = alpha_relu.sum(dim=(2, 3), keepdim=True)
+    return _finish((weights * a).sum(dim=1, keepdim=True), x, relu, resize)
+
+
+@register(
+    "layer_cam",
+    family="cam",
+    summary="activations weighted position by position by their positive gradients",
+    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+    "Localization, IEEE TIP 2021",
+    aliases=("layercam",),
+    options=_OPTIONS,
+)
+def layer_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    relu: bool = True,
+    reshape: Reshape | None = None,
+) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): ``map = ReLU(Σ_k ReLU(∂score/∂A_k) · A_k)``.
+
+    Each position keeps its own weight, so shallow layers give fine-grained maps. Arguments as
+    for :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.vgg11(num_classes=10)
+        >>> backlight.layer_cam(model, torch.randn(1, 3, 64, 64), 3, layer="features.5").shape
+        torch.Size([1, 1, 16, 16])
+    """
+    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="layer_cam")
+    assert c.gradient is not None
+    return _finish((c.gradient.clamp(min=0) * c.activation).sum(1, keepdim=True), x, relu, resize)
+
+
+@register(
+    "score_cam",
+    family="cam",
+    summary="activations weighted by the class probability of the input masked by each channel",
+    paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional "
+    "Neural Networks, CVPR-W 2020",
+    aliases=("scorecam",),
+    options=(*_OPTIONS, "batch_size", "channels", "weighting", "progress"),
+    quick={"progress": False},
+)
+def score_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    relu: bool = True,
+    reshape: Reshape | None = None,
+    batch_size: int = 32,
+    channels: int | None = None,
+    weighting: Literal["probability", "channel_softmax"] = "probability",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020): no gradients; one masked forward pass per channel.
+
+    Each channel ``A_k``, upsampled bilinearly to the input and min-max scaled to [0, 1], masks
+    the input: ``w_k = softmax(f(x ⊙ M_k))_c``, ``map = ReLU(Σ_k w_k A_k)``, as in the authors'
+    code (constant channels get weight 0 and cost no forward pass). With a callable ``target``,
+    ``w_k`` is its score of the masked input.
+
+    Args:
+        batch_size: masked images per forward pass; bounds the memory used.
+        channels: keep only the ``channels`` channels of largest activation variance per sample
+            (others weigh 0). An approximation, named Faster-ScoreCAM in tf-keras-vis: K forward
+            passes become ``channels``.
+        weighting: ``"probability"`` (the paper) or ``"channel_softmax"``: softmax over the
+            channels of the target's raw score, as pytorch-grad-cam computes it.
+        progress: show a progress bar over the forward passes.
+        Others as for :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> backlight.score_cam(model, x, 3, layer="layer4", progress=False).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+    progress = check_flag("progress", progress)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"`batch_size` must be a positive int, not {batch_size!r}")
+    if channels is not None and (
+        isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
+    ):
+        raise OptionError(f"`channels` must be None or a positive int, not {channels!r}")
+    if weighting not in ("probability", "channel_softmax"):
+        raise OptionError(
+            f"`weighting` must be 'probability' or 'channel_softmax', not {weighting!r}"
+        )
+    c = _layer_capture(
+        model, x, target, layer=layer, reshape=reshape, method="score_cam", gradient=False
+    )
+    a = c.activation
+    n, k = a.shape[:2]
+    classes = None if callable(target) else class_indices(c.output, target)
+
+    # Which (sample, channel) pairs need a forward pass.
+    flat = a.flatten(2)
+    active = flat.amax(dim=2) > flat.amin(dim=2)
+    if weighting == "channel_softmax":
+        active = torch.ones_like(active)
+    if channels is not None and channels < k:
+        keep = torch.zeros_like(active)
+        keep.scatter_(1, flat.var(dim=2).topk(channels, dim=1).indices, True)
+        active &= keep
+    pairs = active.nonzero()  # (P, 2): sample, channel
+    scores = torch.zeros(n, k, dtype=a.dtype, device=a.device)
+    with explaining(model), torch.inference_mode():
+        starts = range(0, pairs.shape[0], batch_size)
+        for start in tqdm(starts, desc="score_cam", disable=not progress, leave=False):
+            sample, channel = pairs[start : start + batch_size].unbind(1)
+            masks = resize_to(a[sample, channel][:, None], x)
+            low = masks.amin(dim=(2, 3), keepdim=True)
+            high = masks.amax(dim=(2, 3), keepdim=True)
+            span = high - low
+            masks = torch.where(span > 0, (masks - low) / span.clamp(min=1e-30), 0.0)
+            out = model(x[sample] * masks)
+            if classes is None:
+                assert callable(target)
+                value = target(out)
+            elif weighting == "probability":
+                value = out.softmax(dim=1).gather(1, classes[sample][:, None])[:, 0]
+            else:
+                value = out.gather(1, classes[sample][:, None])[:, 0]
+            scores[sample, channel] = value.to(scores.dtype)
+    if weighting == "channel_softmax":
+        scores = scores.masked_fill(~active, float("-inf")).softmax(dim=1)
+    return _finish((scores[:, :, None, None] * a).sum(dim=1, keepdim=True), x, relu, resize)

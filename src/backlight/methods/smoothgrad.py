@@ -1,0 +1,123 @@
+"""SmoothGrad: any gradient-based map, averaged over noisy copies of the input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._checks import check_flag, check_input, check_model
+from .._pipeline import run
+from .._registry import get_method, list_methods
+from .._targets import class_indices
+from .._types import Target
+from ..errors import OptionError
+
+__all__ = ["smooth_grad"]
+
+_SMOOTHABLE = ("gradient", "cam")
+
+
+def _resolve(method: str | Callable[..., Any]) -> Callable[..., Any]:
+    if isinstance(method, str):
+        info = get_method(method)
+    elif callable(method):
+        registered = [m for m in list_methods() if m.function is method]
+        if not registered:
+            return method  # a user's own map function with the same calling convention
+        info = registered[0]
+    else:
+        raise OptionError(
+            f"`method` must be a method name or function, such as backlight.guided_backprop, "
+            f"not {type(method).__name__}"
+        )
+    if info.family not in _SMOOTHABLE:
+        raise OptionError(
+            f"smooth_grad averages gradient-based maps; {info.name!r} is a {info.family} method "
+            "(it has its own sampling); use a gradient or CAM method"
+        )
+    return info.function
+
+
+def smooth_grad(
+    method: str | Callable[..., torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    samples: int = 25,
+    noise: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    **options: Any,
+) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017).
+
+    ``map = 1/n Σ_j M(x + σ ε_j)`` with ``ε_j ~ N(0, I)``, ``σ = noise · (max x_i − min x_i)`` per
+    sample, and ``M`` any gradient-family or CAM method called with ``options``. The targets are
+    fixed on the clean input (``None`` means the class predicted for ``x``, not for each noisy
+    copy). The ``n`` noise draws come from ``seed`` alone and are shared by every sample of the
+    batch, so a batch gives the maps of its samples one by one, and the same seed the same map.
+
+    Args:
+        method: the method to smooth, as a function (``backlight.guided_backprop``) or a name.
+        model, x, target: as for the method.
+        samples: the number ``n`` of noisy copies per sample.
+        noise: the noise level ``σ / (max x − min x)``; the paper finds 0.1 to 0.2 works best.
+        seed: seeds the noise.
+        batch_size: noisy images per call of ``method``; bounds the memory used.
+        progress: show a progress bar over the batches.
+        **options: passed to ``method`` (``layer``, ``reduce``, ``resize``...).
+
+    Returns:
+        The averaged maps, shaped as ``method`` returns them.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> x = torch.randn(2, 3, 64, 64)
+        >>> m = backlight.smooth_grad(backlight.guided_backprop, model, x, [1, 2], samples=4,
+        ...                           progress=False)
+        >>> m.shape
+        torch.Size([2, 1, 64, 64])
+    """
+    function = _resolve(method)
+    model = check_model(model)
+    x = check_input(x, model)
+    for name, value, low in (("samples", samples, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise OptionError(f"`{name}` must be a positive int, not {value!r}")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
+        raise OptionError(
+            f"`noise` must be a non-negative number (0.1 to 0.2 is usual), not {noise!r}"
+        )
+    progress = check_flag("progress", progress)
+
+    if callable(target) and not isinstance(target, torch.Tensor):
+        classes: Any = target
+    else:
+        classes = class_indices(run(model, x, None, gradient=False).output, target)
+
+    n = x.shape[0]
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    eps = torch.randn((samples, *x.shape[1:]), generator=generator, dtype=x.dtype).to(x.device)
+    spread = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) * noise  # σ per sample
+    total: torch.Tensor | None = None
+    pairs = [(i, j) for i in range(n) for j in range(samples)]
+    starts = range(0, len(pairs), batch_size)
+    for start in tqdm(starts, desc="smooth_grad", disable=not progress, leave=False):
+        chunk = pairs[start : start + batch_size]
+        rows = torch.tensor([i for i, _ in chunk], device=x.device)
+        draws = torch.tensor([j for _, j in chunk], device=x.device)
+        noisy = x.detach()[rows] + spread[rows].view(-1, 1, 1, 1) * eps[draws]
+        chunk_target = classes if callable(classes) else classes[rows]
+        maps = function(model, noisy, chunk_target, **options)
+        if total is None:
+            total = torch.zeros((n, *maps.shape[1:]), dtype=maps.dtype, device=maps.device)
+        total.index_add_(0, rows, maps)
+    assert total is not None
+    return total / samples
