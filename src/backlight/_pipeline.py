@@ -54,6 +54,9 @@ class _LayerProbe:
     The hook hands the rest of the network a copy of the output, so an in-place ReLU right after
     the layer modifies the copy, and the kept tensor stays the layer's own output: its value and
     its gradient are those of the layer, not of the ReLU. Calls from other threads are ignored.
+
+    The kept tensor is a new leaf detached from what came before the layer: the gradient is only
+    ever wanted at the layer, so nothing below it needs to be recorded for the backward pass.
     """
 
     def __init__(self, name: str, module: nn.Module) -> None:
@@ -79,8 +82,8 @@ class _LayerProbe:
                 f"`layer` {self.name!r} returns a {type(output).__name__}, not a tensor; "
                 "choose a module whose output is a single tensor"
             )
-        self.tensor = output
-        return output.clone()
+        self.tensor = output.detach().requires_grad_(True)
+        return self.tensor.clone()
 
 
 def run(
@@ -104,7 +107,7 @@ def run(
     with explaining(model), torch.inference_mode(False), torch.enable_grad():
         handle = probe.module.register_forward_hook(probe) if probe is not None else None
         try:
-            inp = x.detach().clone().requires_grad_(gradient)
+            inp = x.detach().clone().requires_grad_(gradient and probe is None)
             context = rule(warn=False) if rule is not None else contextlib.nullcontext()
             with context:
                 output = model(inp)
