@@ -19,12 +19,15 @@ DOCUMENTED = {
     "score_cam",
     "layer_cam",
     "smooth_grad",
+    "excitation_backprop",
+    "contrastive_excitation_backprop",
     # helpers for layers
     "default_cam_layer",
     "vit_reshape",
     # backward-rule contexts
     "GuidedBackpropContext",
     "DeConvNetContext",
+    "ExcitationBackpropContext",
     "RuleNotAppliedWarning",
     # the registry
     "MethodInfo",

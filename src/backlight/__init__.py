@@ -6,6 +6,7 @@ Every method takes ``(model, x, target=None, **options)`` with ``x`` a float ten
 
 from __future__ import annotations
 
+from ._excitation import ExcitationBackpropContext
 from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
 from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
@@ -28,6 +29,7 @@ from .methods.cam import (
     score_cam,
     vit_reshape,
 )
+from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
 from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
 from .methods.smoothgrad import smooth_grad
 
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BacklightError",
     "DeConvNetContext",
+    "ExcitationBackpropContext",
     "GuidedBackpropContext",
     "InputError",
     "InputTypeError",
@@ -46,8 +49,10 @@ __all__ = [
     "OptionError",
     "RuleNotAppliedWarning",
     "TargetError",
+    "contrastive_excitation_backprop",
     "deconvnet",
     "default_cam_layer",
+    "excitation_backprop",
     "get_method",
     "grad_cam",
     "grad_cam_plus_plus",

@@ -86,17 +86,44 @@ class _LayerProbe:
         return self.tensor.clone()
 
 
-def run(
+@dataclass
+class Forward:
+    """A forward pass whose graph is still alive, for methods that take several gradients.
+
+    Attributes:
+        output: the model's output.
+        scores: the explained score per sample, shape (N,), differentiable.
+        wrt: the tensor the map is taken at: the input, or the layer's output as a leaf.
+        layer: the dotted name of the layer, or ``None`` for the input.
+        context: the context the forward pass ran in (a rule context), or ``None``.
+    """
+
+    output: Any
+    scores: torch.Tensor
+    wrt: torch.Tensor
+    layer: str | None
+    context: Any
+
+
+def grad_mode() -> contextlib.ExitStack:
+    """Gradients on, whatever the caller's ``no_grad`` or ``inference_mode``."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
+def forward(
     model: nn.Module,
     x: torch.Tensor,
     target: Target,
     *,
     layer: Layer | None = None,
-    rule: Callable[..., _RuleContext] | None = None,
+    context: Callable[[], Any] | None = None,
     method: str = "this method",
     gradient: bool = True,
-) -> Capture:
-    """One forward pass and, if ``gradient``, one backward pass to the input or to ``layer``."""
+) -> Forward:
+    """The forward pass (inside ``context()`` if given) and the scores, graph kept."""
     model = check_model(model)
     x = check_input(x, model)
     name: str | None = None
@@ -104,14 +131,14 @@ def run(
     if layer is not None:
         name, module = resolve_layer(model, layer)
         probe = _LayerProbe(name, module)
-    with explaining(model), torch.inference_mode(False), torch.enable_grad():
+    with explaining(model), grad_mode():
         handle = probe.module.register_forward_hook(probe) if probe is not None else None
         try:
             inp = x.detach().clone().requires_grad_(gradient and probe is None)
-            context = rule(warn=False) if rule is not None else contextlib.nullcontext()
-            with context:
+            entered = context() if context is not None else None
+            with entered if entered is not None else contextlib.nullcontext():
                 output = model(inp)
-            if rule is not None and context.relu_count == 0:  # type: ignore[union-attr]
+            if isinstance(entered, _RuleContext) and entered.relu_count == 0:
                 raise MethodNotApplicableError(
                     f"{method} changes the backward pass of ReLU activations, but "
                     f"{type(model).__name__} computed no ReLU in its forward pass (it may use "
@@ -131,20 +158,48 @@ def run(
         else:
             wrt = inp
         scores = select_scores(output, target)
-        grad = _gradient(scores, wrt, name) if gradient else None
+    return Forward(output, scores, wrt, name, entered)
+
+
+def run(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    *,
+    layer: Layer | None = None,
+    context: Callable[[], Any] | None = None,
+    method: str = "this method",
+    gradient: bool = True,
+) -> Capture:
+    """One forward pass and, if ``gradient``, one backward pass to the input or to ``layer``."""
+    fw = forward(model, x, target, layer=layer, context=context, method=method, gradient=gradient)
+    with grad_mode():
+        grad = gradient_at(fw.scores.sum(), fw.wrt, fw.layer) if gradient else None
+    output = fw.output
     return Capture(
         output=output.detach() if isinstance(output, torch.Tensor) else output,
-        scores=scores.detach(),
-        activation=wrt.detach(),
+        scores=fw.scores.detach(),
+        activation=fw.wrt.detach(),
         gradient=grad,
-        layer=name,
+        layer=fw.layer,
     )
 
 
-def _gradient(scores: torch.Tensor, wrt: torch.Tensor, layer: str | None) -> torch.Tensor:
+def gradient_at(
+    score: torch.Tensor,
+    wrt: torch.Tensor,
+    layer: str | None,
+    *,
+    seed: torch.Tensor | None = None,
+    retain_graph: bool = False,
+) -> torch.Tensor:
+    """``∂ score / ∂ wrt`` (with ``seed`` as the upstream gradient), or a clear error if the
+    score does not depend on ``wrt``."""
     grad = None
-    if scores.requires_grad:
-        (grad,) = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+    if score.requires_grad:
+        (grad,) = torch.autograd.grad(
+            score, wrt, seed, retain_graph=retain_graph, allow_unused=True
+        )
     if grad is None:
         if layer is None:
             raise MethodNotApplicableError(

@@ -6,6 +6,7 @@ in the backward rule applied at the ReLUs, which is the economy TorchRay's desig
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,8 @@ def _saliency(
 ) -> torch.Tensor:
     reduce = check_reduce(reduce)
     resize = check_flag("resize", resize)
-    capture = run(model, x, target, layer=layer, rule=rule, method=method)
+    context = functools.partial(rule, warn=False) if rule is not None else None
+    capture = run(model, x, target, layer=layer, context=context, method=method)
     assert capture.gradient is not None  # run() was asked for the gradient
     if capture.layer is not None:
         require_feature_map(capture.gradient, capture.layer)
