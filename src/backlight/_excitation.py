@@ -25,7 +25,6 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from ._rules import ModeContext
 from .errors import MethodNotApplicableError
 
 __all__ = ["ExcitationBackpropContext"]
@@ -308,7 +308,7 @@ class _ExcitationMode(TorchFunctionMode):
         return result
 
 
-class ExcitationBackpropContext:
+class ExcitationBackpropContext(ModeContext):
     """Apply excitation backprop's rules to the forward pass computed inside the block.
 
     The TorchRay way of using the method: inside the block, run the model; a ``.backward()`` or
@@ -329,7 +329,7 @@ class ExcitationBackpropContext:
     """
 
     def __init__(self) -> None:
-        self._modes: list[_ExcitationMode] = []
+        super().__init__()
         self._last: LinearCall | None = None
 
     @property
@@ -337,18 +337,11 @@ class ExcitationBackpropContext:
         """The last convolution or linear call of the block: the classifier, for a CNN."""
         return self._modes[-1].last_linear if self._modes else self._last
 
-    def __enter__(self) -> ExcitationBackpropContext:
-        mode = _ExcitationMode()
-        mode.__enter__()  # type: ignore[no-untyped-call]
-        self._modes.append(mode)
-        return self
+    def _make_mode(self) -> TorchFunctionMode:
+        return _ExcitationMode()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        mode = self._modes.pop()
-        mode.__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+    def _finished(self, mode: Any, failed: bool) -> None:
         self._last = mode.last_linear
+
+    def __enter__(self) -> ExcitationBackpropContext:
+        return super().__enter__()  # type: ignore[no-any-return]

@@ -100,29 +100,15 @@ _CLIPPED_RELUS: dict[Any, Callable[..., Any]] = {
 # in-place semantics and dtypes are exactly PyTorch's); only the backward differs.
 
 
-def _run(
-    ctx: Any,
-    x: torch.Tensor,
-    func: Callable[..., torch.Tensor],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    inplace: bool,
-) -> torch.Tensor:
-    y = func(*args, **kwargs)
-    if inplace:
-        ctx.mark_dirty(x)
-    return y
-
-
 class _Rectifier(torch.autograd.Function):
-    """Base of the rules: ``apply(x, func, args, kwargs, lo, hi, inplace)``."""
+    """``apply(x, rule, func, args, kwargs, lo, hi, inplace)``: ``func(*args, **kwargs)`` on the
+    way forward, the rule (``"guided"`` or ``"deconvnet"``) on the way back."""
 
-
-class _GuidedRectifier(_Rectifier):
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
+        rule: str,
         func: Callable[..., torch.Tensor],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -130,47 +116,61 @@ class _GuidedRectifier(_Rectifier):
         hi: float | None,
         inplace: bool,
     ) -> torch.Tensor:
-        y = _run(ctx, x, func, args, kwargs, inplace)
-        ctx.save_for_backward(y)  # y > lo  <=>  x > lo, so the output suffices, even in place
-        ctx.lo, ctx.hi = lo, hi
+        y = func(*args, **kwargs)
+        if inplace:
+            ctx.mark_dirty(x)
+        if rule == "guided":
+            ctx.save_for_backward(y)  # y > lo  <=>  x > lo: the output suffices, even in place
+        ctx.rule, ctx.lo, ctx.hi = rule, lo, hi
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (y,) = ctx.saved_tensors
         positive = grad.clamp(min=0)
-        if ctx.hi is None:
-            grad_x = torch.ops.aten.threshold_backward(positive, y, 0)
-        else:
-            grad_x = torch.ops.aten.hardtanh_backward(positive, y, ctx.lo, ctx.hi)
-        return grad_x, None, None, None, None, None, None
+        if ctx.rule == "guided":
+            (y,) = ctx.saved_tensors
+            if ctx.hi is None:
+                positive = torch.ops.aten.threshold_backward(positive, y, 0)
+            else:
+                positive = torch.ops.aten.hardtanh_backward(positive, y, ctx.lo, ctx.hi)
+        return positive, None, None, None, None, None, None, None
 
 
-class _DeConvNetRectifier(_Rectifier):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        func: Callable[..., torch.Tensor],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        lo: float,
-        hi: float | None,
-        inplace: bool,
-    ) -> torch.Tensor:
-        return _run(ctx, x, func, args, kwargs, inplace)
+class ModeContext:
+    """A context manager that pushes a fresh torch-function mode (per thread) on entry and pops
+    it on exit, exceptions included; re-entrant. Subclasses make the mode."""
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return grad.clamp(min=0), None, None, None, None, None, None
+    def __init__(self) -> None:
+        self._modes: list[Any] = []
+
+    def _make_mode(self) -> TorchFunctionMode:
+        raise NotImplementedError
+
+    def _finished(self, mode: Any, failed: bool) -> None:
+        """Called after ``mode`` was popped."""
+
+    def __enter__(self) -> Any:
+        mode = self._make_mode()
+        mode.__enter__()  # type: ignore[no-untyped-call]
+        self._modes.append(mode)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        mode = self._modes.pop()
+        mode.__exit__(exc_type, exc, tb)
+        self._finished(mode, exc_type is not None)
 
 
 class _RectifierMode(TorchFunctionMode):
     """Routes every rectifier call of this thread through ``rule``; counts them."""
 
-    def __init__(self, rule: type[_Rectifier], clipped_relu: bool) -> None:
+    def __init__(self, rule: str, clipped_relu: bool) -> None:
         super().__init__()
         self.rule = rule
         self.table = {**_RELUS, **(_CLIPPED_RELUS if clipped_relu else {})}
@@ -192,46 +192,39 @@ class _RectifierMode(TorchFunctionMode):
             return func(*args, **kwargs)
         x, lo, hi, inplace = parsed
         self.count += 1
-        return self.rule.apply(x, func, args, kwargs, lo, hi, inplace)
+        return _Rectifier.apply(x, self.rule, func, args, kwargs, lo, hi, inplace)
 
 
-class _RuleContext:
-    _rule: ClassVar[type[_Rectifier]]
+class _RuleContext(ModeContext):
+    _rule: ClassVar[str]
     _name: ClassVar[str]
 
     def __init__(self, *, clipped_relu: bool = True, warn: bool = True) -> None:
+        super().__init__()
         self.clipped_relu = clipped_relu
         self.warn = warn
-        self._modes: list[_RectifierMode] = []
         self._count = 0
 
     @property
     def relu_count(self) -> int:
         """How many rectifier calls the rule has been applied to in this context so far."""
-        return self._count + sum(mode.count for mode in self._modes)
+        return self._count + sum(int(mode.count) for mode in self._modes)
 
-    def __enter__(self) -> _RuleContext:
-        mode = _RectifierMode(self._rule, self.clipped_relu)
-        mode.__enter__()  # type: ignore[no-untyped-call]
-        self._modes.append(mode)
-        return self
+    def _make_mode(self) -> TorchFunctionMode:
+        return _RectifierMode(self._rule, self.clipped_relu)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        mode = self._modes.pop()
-        mode.__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+    def _finished(self, mode: Any, failed: bool) -> None:
         self._count += mode.count
-        if self.warn and exc_type is None and mode.count == 0:
+        if self.warn and not failed and mode.count == 0:
             warnings.warn(
                 f"{type(self).__name__} saw no ReLU inside its block, so {self._name} did not "
                 "change any gradient; the model may use other activations (GELU, SiLU, ...)",
                 RuleNotAppliedWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+
+    def __enter__(self) -> _RuleContext:
+        return super().__enter__()  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(clipped_relu={self.clipped_relu})"
@@ -260,7 +253,7 @@ class GuidedBackpropContext(_RuleContext):
         torch.Size([1, 3])
     """
 
-    _rule = _GuidedRectifier
+    _rule = "guided"
     _name = "guided backprop"
 
 
@@ -273,5 +266,5 @@ class DeConvNetContext(_RuleContext):
     :class:`GuidedBackpropContext`.
     """
 
-    _rule = _DeConvNetRectifier
+    _rule = "deconvnet"
     _name = "deconvnet"

@@ -123,6 +123,45 @@ def _finish(maps: torch.Tensor, x: torch.Tensor, relu: bool, resize: bool) -> to
     return resize_to(maps, x) if resize else maps
 
 
+def _gradient_cam(
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    *,
+    layer: Layer | None,
+    resize: bool,
+    relu: bool,
+    reshape: Reshape | None,
+    method: str,
+) -> torch.Tensor:
+    """The shared body of the gradient-weighted CAMs: ``combine(A, G) -> (N, 1, h, w)``."""
+    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method=method)
+    assert c.gradient is not None
+    return _finish(combine(c.activation, c.gradient), x, relu, resize)
+
+
+def _grad_cam_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True)
+
+
+def _grad_cam_plus_plus_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    denominator = 2 + a.sum(dim=(2, 3), keepdim=True) * g
+    usable = (g > 0) & (denominator != 0)
+    safe = torch.where(usable, denominator, torch.ones_like(denominator))
+    weights = torch.where(usable, g / safe, torch.zeros_like(g)).sum(dim=(2, 3), keepdim=True)
+    return (weights * a).sum(dim=1, keepdim=True)
+
+
+def _layer_cam_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g.clamp(min=0) * a).sum(dim=1, keepdim=True)
+
+
+def _linear_approx_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (a * g).sum(dim=1, keepdim=True)
+
+
 @register(
     "grad_cam",
     family="cam",
@@ -169,11 +208,17 @@ def grad_cam(
         >>> backlight.grad_cam(model, torch.randn(2, 3, 64, 64), [1, 2], layer="layer3").shape
         torch.Size([2, 1, 4, 4])
     """
-    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="grad_cam")
-    assert c.gradient is not None
-    weights = c.gradient.mean(dim=(2, 3), keepdim=True)
-    return _finish((weights * c.activation).sum(dim=1, keepdim=True), x, relu, resize)
+    return _gradient_cam(
+        _grad_cam_map,
+        model,
+        x,
+        target,
+        layer=layer,
+        resize=resize,
+        relu=relu,
+        reshape=reshape,
+        method="grad_cam",
+    )
 
 
 @register(
@@ -215,8 +260,7 @@ def guided_grad_cam(
     reduce = check_reduce(reduce)
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
     assert c.gradient is not None
-    weights = c.gradient.mean(dim=(2, 3), keepdim=True)
-    cam = (weights * c.activation).sum(dim=1, keepdim=True).clamp(min=0)
+    cam = _grad_cam_map(c.activation, c.gradient).clamp(min=0)
     classes = target if callable(target) else class_indices(c.output, target)
     guided = _saliency(
         model,
@@ -261,10 +305,17 @@ def linear_approx(
         >>> backlight.linear_approx(model, torch.randn(1, 3, 64, 64), 3, layer="layer2").shape
         torch.Size([1, 1, 8, 8])
     """
-    resize = check_flag("resize", resize)
-    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="linear_approx")
-    assert c.gradient is not None
-    return _finish((c.activation * c.gradient).sum(dim=1, keepdim=True), x, False, resize)
+    return _gradient_cam(
+        _linear_approx_map,
+        model,
+        x,
+        target,
+        layer=layer,
+        resize=resize,
+        relu=False,
+        reshape=reshape,
+        method="linear_approx",
+    )
 
 
 @register(
@@ -300,16 +351,17 @@ def grad_cam_plus_plus(
         >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
         torch.Size([1, 1, 2, 2])
     """
-    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="grad_cam_plus_plus")
-    assert c.gradient is not None
-    g, a = c.gradient, c.activation
-    denominator = 2 + a.sum(dim=(2, 3), keepdim=True) * g
-    positive = g.clamp(min=0)
-    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    alpha_relu = torch.where((g > 0) & (denominator != 0), positive / safe, torch.zeros_like(g))
-    weights = alpha_relu.sum(dim=(2, 3), keepdim=True)
-    return _finish((weights * a).sum(dim=1, keepdim=True), x, relu, resize)
+    return _gradient_cam(
+        _grad_cam_plus_plus_map,
+        model,
+        x,
+        target,
+        layer=layer,
+        resize=resize,
+        relu=relu,
+        reshape=reshape,
+        method="grad_cam_plus_plus",
+    )
 
 
 @register(
@@ -342,10 +394,17 @@ def layer_cam(
         >>> backlight.layer_cam(model, torch.randn(1, 3, 64, 64), 3, layer="features.5").shape
         torch.Size([1, 1, 16, 16])
     """
-    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="layer_cam")
-    assert c.gradient is not None
-    return _finish((c.gradient.clamp(min=0) * c.activation).sum(1, keepdim=True), x, relu, resize)
+    return _gradient_cam(
+        _layer_cam_map,
+        model,
+        x,
+        target,
+        layer=layer,
+        resize=resize,
+        relu=relu,
+        reshape=reshape,
+        method="layer_cam",
+    )
 
 
 @register(
