@@ -1,0 +1,226 @@
+"""The ``backlight`` command: explain images, list methods and layers, run the offline demo.
+
+Exit codes: 0 success; 2 usage error (an unknown method, model, layer or target, a bad option);
+1 failure (a missing or unreadable file, no network for weights, a method that cannot apply).
+Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._registry import list_methods
+from ._errors import CliError, Failure, UsageError
+from ._explain import Job, compute, load_images, parse_methods, parse_target, write
+from ._models import load_model
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="backlight",
+        description="What an image classifier looks at: saliency maps, offline.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    explain = commands.add_parser("explain", help="explain images with one or more methods")
+    explain.add_argument("images", nargs="+", metavar="IMAGE")
+    _model_options(explain)
+    explain.add_argument(
+        "--method",
+        default="grad_cam,guided_backprop",
+        help="comma-separated method names, or 'all' (see `backlight methods`)",
+    )
+    explain.add_argument("--target", help="class index or name; default: each image's top class")
+    explain.add_argument(
+        "--layer", help="layer for CAM and excitation methods (see `backlight layers`)"
+    )
+    explain.add_argument("--out", default="backlight-out", help="output folder")
+    explain.add_argument(
+        "--quick",
+        action="store_true",
+        help="cheap settings for the slow methods (fewer masks, iterations)",
+    )
+    explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+    commands.add_parser("methods", help="list the methods with their options")
+
+    layers = commands.add_parser("layers", help="list a model's modules with output shapes")
+    _model_options(layers)
+
+    demo = commands.add_parser("demo", help="run every method on synthetic images, offline")
+    demo.add_argument("--out", default="backlight-demo", help="output folder")
+    demo.add_argument("--images", type=int, default=6, help="number of images (1 to 24)")
+    demo.add_argument("--seed", type=int, default=2026, help="seed of the synthetic images")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="resnet50",
+        help="torchvision or timm name, or path/to/file.py:factory (default resnet50)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (downloads once), random, or a state-dict file (default DEFAULT)",
+    )
+    parser.add_argument("--size", type=int, help="input side in pixels (default: the weights')")
+    parser.add_argument("--classes", help="a text file with one class name per line")
+
+
+def _categories(args: argparse.Namespace, default: list[str] | None) -> list[str] | None:
+    if not args.classes:
+        return default
+    path = Path(args.classes)
+    if not path.is_file():
+        raise Failure(f"classes file not found: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _explain(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.method)
+    loaded = load_model(args.model, args.weights, size=args.size)
+    names, shown, x = load_images(args.images, loaded.preprocess)
+    categories = _categories(args, loaded.categories)
+    with torch.inference_mode():
+        classes = int(loaded.model(x[:1]).shape[-1])
+    job = Job(
+        model=loaded.model,
+        names=names,
+        shown=shown,
+        x=x,
+        categories=categories,
+        methods=methods,
+        target=parse_target(args.target, categories, classes),
+        layer=args.layer,
+        quick=args.quick,
+        progress=not args.quiet,
+        title=f"backlight: {loaded.name} ({loaded.weights})",
+    )
+    return _run(job, Path(args.out), args.quiet)
+
+
+def _run(job: Job, out: Path, quiet: bool) -> int:
+    start = time.perf_counter()
+    result = compute(job)
+    written = write(job, result, out)
+    if not quiet:
+        for name, top in zip(job.names, result.predictions, strict=True):
+            print(f"{name}: {top[0][0]} ({top[0][1]:.2f})")
+        took = time.perf_counter() - start
+        print(f"wrote {len(written)} files to {out}/ in {took:.1f} s: grid.png, report.html")
+    return 0
+
+
+def _methods() -> int:
+    for info in list_methods():
+        aliases = f" (also {', '.join(info.aliases)})" if info.aliases else ""
+        print(f"{info.name:33s} {info.family:12s} {info.summary}{aliases}")
+        print(f"{'':33s} {'':12s} options: {', '.join(info.options) or '-'}")
+    print(
+        f"{'smooth_grad':33s} {'wrapper':12s} averages any gradient or CAM method over noisy "
+        "copies (Python only: backlight.smooth_grad)"
+    )
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model, args.weights, size=args.size)
+    size = args.size or getattr(loaded.preprocess, "crop", 224)
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    kinds: dict[str, str] = {}
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def record(module: nn.Module, inputs: object, output: object) -> None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+            shapes.setdefault(name, []).append(shape)
+
+        return record
+
+    handles = []
+    for name, module in loaded.model.named_modules():
+        if name:
+            kinds[name] = type(module).__name__
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.inference_mode():
+            loaded.model(torch.zeros(1, 3, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    print(f"{'layer':40s} {'type':24s} output (1 image of {size}x{size})")
+    for name, kind in kinds.items():
+        seen = shapes.get(name)
+        if seen is None:
+            text = "not called"
+        elif len(seen) > 1:
+            text = f"{seen[0]} (called {len(seen)} times: not usable as --layer)"
+        else:
+            text = str(seen[0]) if seen[0] else "(not a tensor)"
+        print(f"{name:40s} {kind:24s} {text}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..data import make_batch
+    from ..demo import CAM_LAYER, load_demo_model
+
+    if not 1 <= args.images <= 24:
+        raise UsageError(f"--images must be between 1 and 24, not {args.images}")
+    model = load_demo_model()
+    shown, labels, _ = make_batch(args.images, seed=args.seed)
+    job = Job(
+        model=model,
+        names=[f"shape{i + 1}-{model.classes[int(label)]}" for i, label in enumerate(labels)],
+        shown=shown,
+        x=shown,
+        categories=list(model.classes),
+        methods=list_methods(),
+        layer=CAM_LAYER,
+        quick=True,
+        progress=not args.quiet,
+        title="backlight demo: DemoNet on synthetic shapes",
+    )
+    return _run(job, Path(args.out), args.quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="backlight: %(message)s")
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "methods":
+            return _methods()
+        if args.command == "layers":
+            return _layers(args)
+        return _demo(args)
+    except CliError as e:
+        print(f"backlight: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("backlight: interrupted", file=sys.stderr)
+        return 130
+
+
+def console() -> None:
+    """The console-script entry point."""
+    sys.exit(main())

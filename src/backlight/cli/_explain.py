@@ -1,0 +1,210 @@
+"""Run several methods on a batch of images and write PNGs, a grid and an HTML report.
+
+Everything is computed before anything is written, and each file is written atomically, so a
+failure leaves no output at all and a success leaves only complete files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import viz
+from .._registry import MethodInfo, get_method, list_methods
+from ..errors import BacklightError, LayerNotFoundError, OptionError, TargetError
+from ._errors import Failure, UsageError
+
+
+def parse_methods(text: str) -> list[MethodInfo]:
+    """``"grad_cam,guided_backprop"`` or ``"all"`` -> registered methods."""
+    if text.strip() == "all":
+        return list_methods()
+    methods = []
+    for name in (n.strip() for n in text.split(",")):
+        if not name:
+            continue
+        try:
+            methods.append(get_method(name))
+        except OptionError as e:
+            raise UsageError(str(e).replace("unknown method", "unknown --method")) from e
+    if not methods:
+        raise UsageError("--method names no method; see `backlight methods`")
+    return methods
+
+
+def parse_target(text: str | None, categories: Sequence[str] | None, classes: int) -> int | None:
+    """An index, or a class name (case-insensitive; a unique prefix or substring will do)."""
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < classes:
+            raise UsageError(
+                f"--target {index} is out of range: the model has {classes} classes (0 to "
+                f"{classes - 1})"
+            )
+        return index
+    if not categories:
+        raise UsageError(
+            f"--target {text!r} is a name, but this model's class names are unknown; give an "
+            "index (or --classes FILE with one name per line)"
+        )
+    lowered = [c.lower() for c in categories]
+    wanted = text.lower()
+    if wanted in lowered:
+        return lowered.index(wanted)
+    partial = [i for i, c in enumerate(lowered) if wanted in c]
+    if len(partial) == 1:
+        return partial[0]
+    close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
+    if partial:
+        options = ", ".join(repr(categories[i]) for i in partial[:6])
+        raise UsageError(f"--target {text!r} matches several classes: {options}")
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UsageError(f"--target {text!r} is not a class of this model{hint}")
+
+
+def load_images(
+    paths: Sequence[str], preprocess: Callable[[Image.Image], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Decode every image (all of them, before any work): names, shown images, model inputs."""
+    names: list[str] = []
+    shown, inputs = [], []
+    for text in paths:
+        path = Path(text)
+        if not path.exists():
+            raise Failure(f"image not found: {path}")
+        if not path.is_file():
+            raise Failure(f"not a file: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.convert("RGB")
+        except UnidentifiedImageError as e:
+            raise Failure(f"not an image file (or an unsupported format): {path}") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise Failure(f"cannot decode image {path}: {e}") from e
+        a, b = preprocess(image)
+        shown.append(a)
+        inputs.append(b)
+        stem, n = path.stem, 2
+        while stem in names:
+            stem, n = f"{path.stem}-{n}", n + 1
+        names.append(stem)
+    return names, torch.stack(shown), torch.stack(inputs)
+
+
+@dataclass
+class Job:
+    model: nn.Module
+    names: list[str]
+    shown: torch.Tensor
+    x: torch.Tensor
+    categories: list[str] | None
+    methods: list[MethodInfo]
+    target: int | None = None
+    layer: str | None = None
+    quick: bool = False
+    progress: bool = True
+    title: str = "backlight report"
+    layers_for: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    maps: dict[str, torch.Tensor]
+    settings: dict[str, dict[str, Any]]
+    times: dict[str, float]
+    predictions: list[list[tuple[str, float]]]
+    targets: list[int]
+
+
+def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
+    options: dict[str, Any] = dict(method.quick) if job.quick else {}
+    if "progress" in method.options:
+        options["progress"] = False  # the command has its own progress bar
+    layer = job.layers_for.get(method.family, job.layer)
+    if layer is not None and "layer" in method.options and method.family != "gradient":
+        options["layer"] = layer
+    return options
+
+
+def _class_name(categories: Sequence[str] | None, index: int) -> str:
+    return categories[index] if categories and index < len(categories) else f"class {index}"
+
+
+def compute(job: Job) -> Result:
+    with torch.inference_mode():
+        logits = job.model(job.x)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise Failure("the model does not return logits (N, classes); explain it from Python")
+    classes = logits.shape[1]
+    categories = job.categories if job.categories and len(job.categories) == classes else None
+    probabilities = logits.softmax(dim=1)
+    top = probabilities.topk(min(5, classes), dim=1)
+    predictions = [
+        [(_class_name(categories, int(i)), float(p)) for p, i in zip(ps, ix, strict=True)]
+        for ps, ix in zip(top.values, top.indices, strict=True)
+    ]
+    targets = [job.target] * len(job.names) if job.target is not None else logits.argmax(1).tolist()
+    maps: dict[str, torch.Tensor] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    times: dict[str, float] = {}
+    bar = tqdm(job.methods, desc="methods", disable=not job.progress, leave=False)
+    for method in bar:
+        bar.set_postfix_str(method.name)
+        options = _options(method, job)
+        start = time.perf_counter()
+        try:
+            result = method.function(job.model, job.x, targets, **options)
+        except (LayerNotFoundError, TargetError, OptionError) as e:
+            raise UsageError(f"{method.name}: {e}") from e
+        except BacklightError as e:
+            raise Failure(f"{method.name}: {e}") from e
+        times[method.name] = time.perf_counter() - start
+        tensor = result if isinstance(result, torch.Tensor) else result.maps
+        if tensor.shape[1] not in (1, 3):
+            tensor = tensor.sum(dim=1, keepdim=True)
+        maps[method.name] = tensor.detach().float().cpu()
+        settings[method.name] = {k: v for k, v in options.items() if k != "progress"}
+    return Result(maps, settings, times, predictions, targets)
+
+
+def write(job: Job, result: Result, out: Path) -> list[Path]:
+    """One overlay PNG per image and method, ``grid.png`` and ``report.html`` in ``out``."""
+    written: list[Path] = []
+    try:
+        renders = {name: viz.overlay(job.shown, maps) for name, maps in result.maps.items()}
+        titles = [
+            f"{name}\n{top[0][0]} {top[0][1]:.2f}"
+            for name, top in zip(job.names, result.predictions, strict=True)
+        ]
+        picture = viz.grid(job.shown, result.maps, row_titles=titles)
+        for method, pictures in renders.items():
+            for name, image in zip(job.names, pictures, strict=True):
+                written.append(viz.save_png(out / f"{name}_{method}.png", image))
+        written.append(viz.save_png(out / "grid.png", picture))
+        written.append(
+            viz.report(
+                out / "report.html",
+                job.shown,
+                result.maps,
+                predictions=result.predictions,
+                settings=result.settings,
+                times=result.times,
+                title=job.title,
+                image_names=job.names,
+            )
+        )
+    except OSError as e:
+        raise Failure(f"cannot write to {out}: {e}") from e
+    return written

@@ -1,0 +1,218 @@
+"""Load the model to explain: a torchvision or timm name, or a user's own ``file.py:factory``,
+with its weights (downloaded, from a state-dict file, or random) and its preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import pickle
+import sys
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+from ._errors import Failure, UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side, crop the centre, and normalise: the usual classification recipe.
+
+    Returns the image twice: as shown (float (3, H, W) in [0, 1], the crop the map refers to)
+    and as the model wants it.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        image = TF.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
+        image = TF.center_crop(image, [self.crop])
+        shown = TF.to_tensor(image)
+        return shown, TF.normalize(shown, list(self.mean), list(self.std))
+
+    def describe(self) -> str:
+        return f"resize {self.resize}, centre crop {self.crop}, mean {self.mean}, std {self.std}"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    name: str
+    weights: str
+    categories: list[str] | None
+    preprocess: Callable[[Image.Image], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _torchvision_names() -> list[str]:
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def known_models() -> list[str]:
+    timm = _timm()
+    return _torchvision_names() + (list(timm.list_models()) if timm is not None else [])
+
+
+def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedModel:
+    """``spec``: a torchvision name, a timm name (when timm is installed), or
+    ``path/to/file.py:factory``. ``weights``: ``DEFAULT`` (or another weights name of the
+    architecture), ``random``, or a state-dict file."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        return _load_user_model(spec, weights, size)
+    if spec in _torchvision_names():
+        return _load_torchvision(spec, weights, size)
+    timm = _timm()
+    if timm is not None and spec in timm.list_models():
+        return _load_timm(timm, spec, weights, size)
+    close = difflib.get_close_matches(spec, known_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(
+        f"unknown model {spec!r}{hint} (a torchvision name such as resnet50, a timm name when "
+        "timm is installed, or path/to/file.py:factory)"
+    )
+
+
+def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
+    enum = torchvision.models.get_model_weights(name)
+    default = enum.DEFAULT
+    categories = list(default.meta.get("categories") or []) or None
+    transforms = default.transforms()
+    preprocess = Preprocess(
+        resize=size or int(transforms.resize_size[0]),
+        crop=size or int(transforms.crop_size[0]),
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        interpolation=transforms.interpolation,
+    )
+    if weights == "random":
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None)
+        return LoadedModel(model.eval(), name, "random", categories, preprocess)
+    if weights == "DEFAULT" or weights in enum.__members__:
+        chosen = default if weights == "DEFAULT" else enum[weights]
+        try:
+            model = torchvision.models.get_model(name, weights=chosen)
+        except (urllib.error.URLError, OSError, RuntimeError) as e:
+            raise Failure(
+                f"could not get the {chosen} weights of {name} ({e}); without a network, pass "
+                "--weights FILE (a state dict saved with torch.save(model.state_dict(), FILE)) "
+                "or --weights random"
+            ) from e
+        categories = list(chosen.meta.get("categories") or []) or categories
+        return LoadedModel(model.eval(), name, str(chosen), categories, preprocess)
+    model = torchvision.models.get_model(name, weights=None)
+    load_state_file(model, weights)
+    return LoadedModel(model.eval(), name, weights, categories, preprocess)
+
+
+def _load_timm(timm: Any, name: str, weights: str, size: int | None) -> LoadedModel:
+    pretrained = weights == "DEFAULT"
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except Exception as e:  # timm raises many kinds of errors when offline
+        raise Failure(
+            f"could not create timm model {name} with pretrained weights ({e}); without a "
+            "network, pass --weights FILE or --weights random"
+        ) from e
+    if weights not in ("DEFAULT", "random"):
+        load_state_file(model, weights)
+    config = timm.data.resolve_data_config({}, model=model)
+    crop = size or int(config["input_size"][-1])
+    preprocess = Preprocess(
+        resize=size or round(crop / config.get("crop_pct", 0.875)),
+        crop=crop,
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+    )
+    return LoadedModel(model.eval(), name, weights, None, preprocess)
+
+
+def _load_user_model(spec: str, weights: str, size: int | None) -> LoadedModel:
+    path_text, factory_name = spec.rsplit(":", 1)
+    path = Path(path_text)
+    if not path.is_file():
+        raise Failure(f"model file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_backlight_user_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise Failure(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise Failure(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        names = [n for n in vars(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise UsageError(
+            f"{path} has no callable {factory_name!r}; it defines {', '.join(sorted(names))}"
+        )
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise Failure(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights not in ("DEFAULT", "random"):
+        load_state_file(model, weights)
+    classes = getattr(model, "classes", None)
+    categories = [str(c) for c in classes] if isinstance(classes, Sequence) and classes else None
+    preprocess = Preprocess(resize=size or 256, crop=size or 224)
+    return LoadedModel(model.eval(), spec, weights, categories, preprocess)
+
+
+def load_state_file(model: nn.Module, path_text: str) -> None:
+    """Load a state dict with ``torch.load(..., weights_only=True)``: no code is unpickled."""
+    path = Path(path_text)
+    if not path.is_file():
+        raise Failure(
+            f"weights file not found: {path} (--weights takes DEFAULT, random, or a file)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise Failure(
+            f"{path} is not a plain state dict (torch.load with weights_only=True refused it: "
+            "it holds objects other than tensors); save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from e
+    except (RuntimeError, OSError, EOFError) as e:
+        raise Failure(f"cannot read weights from {path}: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise Failure(f"{path} holds a {type(state).__name__}, not a state dict")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise Failure(f"{path} does not fit the model: {detail}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise Failure(
+            f"{path} does not fit the model: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]})"
+        )
