@@ -6,12 +6,16 @@ Every method takes ``(model, x, target=None, **options)`` with ``x`` a float ten
 
 from __future__ import annotations
 
+from . import metrics as metrics
+from . import viz as viz
 from ._excitation import ExcitationBackpropContext
 from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
 from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
 from .errors import (
     BacklightError,
+    DatasetError,
+    DatasetNotFoundError,
     InputError,
     InputTypeError,
     LayerError,
@@ -37,6 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BacklightError",
+    "DatasetError",
+    "DatasetNotFoundError",
     "DeConvNetContext",
     "ExcitationBackpropContext",
     "GuidedBackpropContext",
