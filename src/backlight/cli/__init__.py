@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     layers = commands.add_parser("layers", help="list a model's modules with output shapes")
     _model_options(layers)
 
+    bench = commands.add_parser(
+        "bench", help="score every method on synthetic shapes with ground-truth masks"
+    )
+    bench.add_argument("--method", default="all", help="comma-separated method names, or 'all'")
+    bench.add_argument("--images", type=int, default=200, help="number of synthetic images")
+    bench.add_argument("--seed", type=int, default=7, help="seed of the synthetic images")
+    bench.add_argument(
+        "--full", action="store_true", help="the methods' default settings (slow), not quick"
+    )
+    bench.add_argument("--out", default="backlight-bench", help="output folder")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars or table")
+
     demo = commands.add_parser("demo", help="run every method on synthetic images, offline")
     demo.add_argument("--out", default="backlight-demo", help="output folder")
     demo.add_argument("--images", type=int, default=6, help="number of images (1 to 24)")
@@ -201,6 +213,27 @@ def _demo(args: argparse.Namespace) -> int:
     return _run(job, Path(args.out), args.quiet)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ..metrics import benchmark, write_bench
+
+    methods = parse_methods(args.method)
+    if args.images < 1:
+        raise UsageError(f"--images must be at least 1, not {args.images}")
+    result = benchmark(
+        methods,
+        images=args.images,
+        seed=args.seed,
+        quick=not args.full,
+        baseline=True,
+        progress=not args.quiet,
+    )
+    written = write_bench(result, Path(args.out))
+    if not args.quiet:
+        print(result.markdown())
+        print(f"wrote {', '.join(p.name for p in written)} to {args.out}/")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="backlight: %(message)s")
@@ -212,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _methods()
         if args.command == "layers":
             return _layers(args)
+        if args.command == "bench":
+            return _bench(args)
         return _demo(args)
     except CliError as e:
         print(f"backlight: error: {e}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""Numbers that tell a good saliency map from a pretty one.
+
+- Localisation: the pointing game (Zhang et al., ECCV 2016) with TorchRay's protocol, per-class
+  accuracy and its difficult subset: :class:`PointingGame`, :func:`pointing_game`, and readers
+  of PASCAL VOC 2007 test (:class:`VOC2007`) and COCO 2014 val (:class:`COCO2014`).
+- Faithfulness: deletion and insertion (Petsiuk, Das & Saenko, BMVC 2018): :func:`deletion`,
+  :func:`insertion`.
+- Sanity: cascading and independent model randomization (Adebayo et al., NeurIPS 2018):
+  :func:`randomization`, with :func:`spearman` and :func:`ssim`.
+
+Example:
+    >>> import torch, backlight
+    >>> from torch import nn
+    >>> from backlight import metrics
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ...     nn.Linear(8, 10),
+    ... )
+    >>> x = torch.randn(1, 3, 32, 32)
+    >>> saliency = backlight.gradient(model, x)
+    >>> float(metrics.deletion(model, x, saliency, steps=4, progress=False).auc[0]) >= 0
+    True
+"""
+
+from ._bench import BenchResult, BenchRow, benchmark, write_bench
+from ._causal import PerturbationCurves, blur, deletion, insertion
+from ._datasets import (
+    COCO2014,
+    VOC2007,
+    VOC_CLASSES,
+    PointingObject,
+    PointingSample,
+    load_difficult_flags,
+    polygons_to_mask,
+)
+from ._pointing import (
+    PointingGame,
+    PointingResult,
+    boxes_to_mask,
+    is_difficult,
+    max_point,
+    pointing_game,
+)
+from ._randomization import RandomizationResult, randomization
+from ._similarity import spearman, ssim
+
+__all__ = [
+    "COCO2014",
+    "VOC2007",
+    "VOC_CLASSES",
+    "BenchResult",
+    "BenchRow",
+    "PerturbationCurves",
+    "PointingGame",
+    "PointingObject",
+    "PointingResult",
+    "PointingSample",
+    "RandomizationResult",
+    "benchmark",
+    "blur",
+    "boxes_to_mask",
+    "deletion",
+    "insertion",
+    "is_difficult",
+    "load_difficult_flags",
+    "max_point",
+    "pointing_game",
+    "polygons_to_mask",
+    "randomization",
+    "spearman",
+    "ssim",
+    "write_bench",
+]
