@@ -35,6 +35,8 @@ DOCUMENTED = {
     "list_methods",
     # errors
     "BacklightError",
+    "DatasetError",
+    "DatasetNotFoundError",
     "InputError",
     "InputTypeError",
     "LayerError",

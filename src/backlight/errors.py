@@ -11,6 +11,8 @@ would expect for that kind of mistake, so ``except ValueError`` keeps working::
     ├── LayerNotFoundError (LookupError)   layer names no module of the model
     ├── LayerError (ValueError)            the layer exists but cannot be used (not called, called
     │                                      twice, output not a feature map)
+    ├── DatasetError (ValueError)          a data set's files are malformed (metrics readers)
+    │   └── DatasetNotFoundError (FileNotFoundError)
     └── MethodNotApplicableError (ValueError)
                                            the method's rule has nothing to act on in this model
                                            (guided backprop on a network without ReLU)
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 __all__ = [
     "BacklightError",
+    "DatasetError",
+    "DatasetNotFoundError",
     "InputError",
     "InputTypeError",
     "LayerError",
@@ -61,6 +65,14 @@ class LayerNotFoundError(BacklightError, LookupError):
 
 class LayerError(BacklightError, ValueError):
     """The layer exists but cannot be used: never called, called twice, or not a feature map."""
+
+
+class DatasetError(BacklightError, ValueError):
+    """A data set's files are malformed or cannot be used as asked."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A data set's folder or one of its files is missing."""
 
 
 class MethodNotApplicableError(BacklightError, ValueError):

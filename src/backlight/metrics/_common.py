@@ -1,0 +1,86 @@
+"""Argument checks shared by the metrics, each failing with a typed, actionable error."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, InputTypeError, OptionError
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError(f"`{name}` must be a positive int, not {value!r}")
+    return int(value)
+
+
+def integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionError(f"`{name}` must be an int, not {value!r}")
+    return int(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise OptionError(f"`{name}` must be True or False, not {value!r}")
+
+
+def size_pair(name: str, value: Any) -> tuple[int, int]:
+    """An image size ``(H, W)`` of two positive ints."""
+    ok = isinstance(value, (tuple, list, torch.Size)) and len(value) == 2
+    ok = ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    if not ok or int(value[0]) < 1 or int(value[1]) < 1:
+        raise OptionError(
+            f"`{name}` must be an image size (H, W) of two positive ints, not {value!r}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def saliency_batch(saliency: Any, n: int | None = None, name: str = "saliency") -> torch.Tensor:
+    """Maps (N, 1, h, w) or (N, h, w) as a finite floating-point tensor (N, h, w)."""
+    if not isinstance(saliency, torch.Tensor):
+        raise InputTypeError(
+            f"`{name}` must be a torch.Tensor of maps (N, 1, h, w), not {type(saliency).__name__}"
+        )
+    if saliency.dim() == 4:
+        if saliency.shape[1] != 1:
+            raise InputError(
+                f"`{name}` has {saliency.shape[1]} channels (shape {tuple(saliency.shape)}); "
+                "reduce them to one map per image first, e.g. saliency.abs().amax(1, keepdim=True)"
+            )
+        saliency = saliency[:, 0]
+    if saliency.dim() != 3:
+        raise InputError(
+            f"`{name}` must have shape (N, 1, h, w) or (N, h, w), got {tuple(saliency.shape)}"
+        )
+    if n is not None and saliency.shape[0] != n:
+        raise InputError(
+            f"`{name}` holds {saliency.shape[0]} maps for {n} images; give one map per image"
+        )
+    if saliency.numel() == 0:
+        raise InputError(f"`{name}` is empty (shape {tuple(saliency.shape)})")
+    if saliency.is_complex() or saliency.dtype == torch.bool:
+        raise InputError(f"`{name}` must hold real numbers, not {saliency.dtype}")
+    if not saliency.is_floating_point():
+        saliency = saliency.double()
+    if not bool(torch.isfinite(saliency).all()):
+        raise InputError(
+            f"`{name}` contains NaN or infinite values; clean it (torch.nan_to_num) or find "
+            "where they come from"
+        )
+    maps: torch.Tensor = saliency.detach()
+    return maps
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resizing (half-pixel centres, as TorchRay) of maps (N, h, w) to ``size``."""
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.float()
+    resized = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
+    return resized[:, 0]
