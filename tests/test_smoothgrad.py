@@ -129,3 +129,19 @@ def test_bad_arguments(tiny: TinyNet, kwargs: dict[str, object], error: type, me
         backlight.smooth_grad(
             method, tiny, torch.randn(1, 3, 12, 12), target, progress=False, **arguments
         )  # type: ignore[arg-type]
+
+
+def test_forward_passes_are_the_noisy_batches_only(tiny: TinyNet) -> None:
+    """With explicit targets, one forward pass per batch of noisy copies and no other; with
+    ``target=None`` one more, on the clean input, to find the predicted classes."""
+    calls = []
+    handle = tiny.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        x = torch.randn(2, 3, 12, 12)
+        backlight.smooth_grad("gradient", tiny, x, [0, 1], samples=5, batch_size=4, progress=False)
+        assert calls == [4, 4, 2]
+        calls.clear()
+        backlight.smooth_grad("gradient", tiny, x, samples=5, batch_size=4, progress=False)
+        assert calls == [2, 4, 4, 2]
+    finally:
+        handle.remove()

@@ -12,19 +12,14 @@ from ._types import Target
 from .errors import TargetError
 
 
-def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """The class index per sample, shape (N,), for a logit output of shape (N, K).
-
-    ``None`` picks each sample's highest-scoring class.
-    """
-    n, k = _logits_shape(output)
-    if target is None:
-        return output.detach().argmax(dim=1)
+def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
+    """``target`` (an int, a sequence or a 1-D tensor of ints) as one class index per sample,
+    shape (N,), without checking the range (that needs the number of classes)."""
     if isinstance(target, bool):
         raise TargetError(f"`target` must be a class index, not the bool {target}")
     if isinstance(target, numbers.Integral):
-        indices = torch.full((n,), int(target), dtype=torch.long, device=output.device)
-    elif isinstance(target, torch.Tensor):
+        return torch.full((n,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, torch.Tensor):
         if target.dim() == 0:
             target = target.reshape(1).expand(n)
         if target.dim() != 1 or target.is_floating_point() or target.is_complex():
@@ -34,13 +29,15 @@ def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
             )
         if target.dtype == torch.bool:
             raise TargetError("`target` must hold class indices, not booleans")
-        indices = target.to(device=output.device, dtype=torch.long)
+        indices = target.to(device=device, dtype=torch.long)
     elif isinstance(target, Sequence) and not isinstance(target, str):
-        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target):
+        if not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+        ):
             raise TargetError(
                 f"`target` as a sequence must hold integer class indices, got {list(target)!r}"
             )
-        indices = torch.tensor([int(t) for t in target], dtype=torch.long, device=output.device)
+        indices = torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
     else:
         raise TargetError(
             "`target` must be None, an int, a sequence or 1-D tensor of ints (one per sample), "
@@ -51,6 +48,18 @@ def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
             f"`target` gives {indices.shape[0]} classes for a batch of {n} samples; "
             "give one class per sample, or a single int for all"
         )
+    return indices
+
+
+def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
+    """The class index per sample, shape (N,), for a logit output of shape (N, K).
+
+    ``None`` picks each sample's highest-scoring class.
+    """
+    n, k = _logits_shape(output)
+    if target is None:
+        return output.detach().argmax(dim=1)
+    indices = per_sample(target, n, output.device)
     bad = (indices < 0) | (indices >= k)
     if bool(bad.any()):
         first = int(indices[bad][0])

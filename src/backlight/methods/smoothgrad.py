@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .._checks import check_flag, check_input, check_model
 from .._pipeline import run
 from .._registry import get_method, list_methods
-from .._targets import class_indices
+from .._targets import class_indices, per_sample
 from .._types import Target
 from ..errors import OptionError
 
@@ -97,10 +97,13 @@ def smooth_grad(
         )
     progress = check_flag("progress", progress)
 
+    classes: Any
     if callable(target) and not isinstance(target, torch.Tensor):
-        classes: Any = target
-    else:
-        classes = class_indices(run(model, x, None, gradient=False).output, target)
+        classes = target
+    elif target is None:  # the classes predicted for the clean input
+        classes = class_indices(run(model, x, None, gradient=False).output, None)
+    else:  # the method checks the range on its first call
+        classes = per_sample(target, x.shape[0], x.device)
 
     n = x.shape[0]
     generator = torch.Generator(device="cpu").manual_seed(seed)
