@@ -237,3 +237,23 @@ def test_contrastive_needs_a_classifier_above_the_layer() -> None:
         backlight.contrastive_excitation_backprop(
             NoClassifier(), torch.rand(1, 3, 4, 4), 0, layer="conv"
         )
+
+
+def test_a_residual_sum_of_exactly_zero_hands_on_nothing() -> None:
+    """Where ``a + b == 0`` the split ``a / (a + b)`` is undefined; TorchRay divides anyway and
+    returns NaN there (seen on ResNet-50 in benchmarks/peers.py); we hand on nothing."""
+
+    class Cancels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.conv(x)
+            b = torch.cat([a[:, :1] * -1.0, a[:, 1:]], dim=1)  # channel 0 cancels exactly
+            return self.fc(torch.relu(a + b).mean(dim=(2, 3)))
+
+    maps = backlight.excitation_backprop(Cancels(), torch.rand(2, 3, 5, 5), 1)
+    assert bool(torch.isfinite(maps).all())
+    assert maps.abs().sum() > 0
