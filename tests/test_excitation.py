@@ -248,6 +248,10 @@ def test_a_residual_sum_of_exactly_zero_hands_on_nothing() -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 2, 1)
             self.fc = nn.Linear(2, 2)
+            with torch.no_grad():  # positive weights: channel 1 carries the excitation
+                self.conv.weight.abs_()
+                self.conv.bias.fill_(0.1)
+                self.fc.weight.abs_()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             a = self.conv(x)
