@@ -21,7 +21,11 @@ DOCUMENTED = {
     "smooth_grad",
     "excitation_backprop",
     "contrastive_excitation_backprop",
-    # helpers for layers
+    "rise",
+    "extremal_perturbation",
+    # results and helpers
+    "ExtremalResult",
+    "RiseMasks",
     "default_cam_layer",
     "vit_reshape",
     # backward-rule contexts

@@ -34,7 +34,9 @@ from .methods.cam import (
     vit_reshape,
 )
 from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
+from .methods.extremal import ExtremalResult, extremal_perturbation
 from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
+from .methods.rise import RiseMasks, rise
 from .methods.smoothgrad import smooth_grad
 
 __version__ = "0.1.0"
@@ -45,6 +47,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DeConvNetContext",
     "ExcitationBackpropContext",
+    "ExtremalResult",
     "GuidedBackpropContext",
     "InputError",
     "InputTypeError",
@@ -53,12 +56,14 @@ __all__ = [
     "MethodInfo",
     "MethodNotApplicableError",
     "OptionError",
+    "RiseMasks",
     "RuleNotAppliedWarning",
     "TargetError",
     "contrastive_excitation_backprop",
     "deconvnet",
     "default_cam_layer",
     "excitation_backprop",
+    "extremal_perturbation",
     "get_method",
     "grad_cam",
     "grad_cam_plus_plus",
@@ -69,6 +74,7 @@ __all__ = [
     "linear_approx",
     "list_methods",
     "rectified",
+    "rise",
     "score_cam",
     "smooth_grad",
     "vit_reshape",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -80,3 +81,24 @@ def check_flag(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise OptionError(f"`{name}` must be True or False, not {value!r}")
+
+
+def check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionError(f"`{name}` must be an int, not {value!r}")
+    return int(value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError(f"`{name}` must be a positive int, not {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value: Any, *, closed: bool = True) -> float:
+    """A number in (0, 1], or in (0, 1) when not ``closed``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and (0 < float(value) < 1 or (closed and float(value) == 1)):
+        return float(value)
+    interval = "(0, 1]" if closed else "(0, 1)"
+    raise OptionError(f"`{name}` must be a number in {interval}, not {value!r}")

@@ -1,5 +1,5 @@
 """One module per method family; importing this package registers every method."""
 
-from . import cam, excitation, gradients
+from . import cam, excitation, extremal, gradients, rise
 
-__all__ = ["cam", "excitation", "gradients"]
+__all__ = ["cam", "excitation", "extremal", "gradients", "rise"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model, check_reduce
+from .._checks import check_flag, check_input, check_model, check_positive_int, check_reduce
 from .._layers import default_cam_layer
 from .._pipeline import Capture, reduce_channels, require_feature_map, resize_to, run
 from .._registry import register
@@ -457,8 +457,7 @@ def score_cam(
     """
     relu, resize = check_flag("relu", relu), check_flag("resize", resize)
     progress = check_flag("progress", progress)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"`batch_size` must be a positive int, not {batch_size!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
     if channels is not None and (
         isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
     ):

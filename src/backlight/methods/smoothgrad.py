@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model
+from .._checks import check_flag, check_input, check_model, check_positive_int
 from .._pipeline import run
 from .._registry import get_method, list_methods
 from .._targets import class_indices, per_sample
@@ -88,9 +88,8 @@ def smooth_grad(
     function = _resolve(method)
     model = check_model(model)
     x = check_input(x, model)
-    for name, value, low in (("samples", samples, 1), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise OptionError(f"`{name}` must be a positive int, not {value!r}")
+    samples = check_positive_int("samples", samples)
+    batch_size = check_positive_int("batch_size", batch_size)
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
         raise OptionError(
             f"`noise` must be a non-negative number (0.1 to 0.2 is usual), not {noise!r}"

@@ -8,25 +8,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_flag, check_int, check_positive_int
 from ..errors import InputError, InputTypeError, OptionError
 
-
-def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise OptionError(f"`{name}` must be a positive int, not {value!r}")
-    return int(value)
-
-
-def integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise OptionError(f"`{name}` must be an int, not {value!r}")
-    return int(value)
-
-
-def flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise OptionError(f"`{name}` must be True or False, not {value!r}")
+flag = check_flag
+integer = check_int
+positive_int = check_positive_int
 
 
 def size_pair(name: str, value: Any) -> tuple[int, int]:

@@ -1,0 +1,206 @@
+"""Time backlight's RISE and extremal perturbation against TorchRay and the bare model cost.
+
+RISE: ``backlight.rise`` and TorchRay's ``rise`` with the same settings (1,000 masks, 7 cells,
+p = 0.5, batches of 32, sigmoid scores as TorchRay uses), against the bare cost of the same
+1,000 masked forward passes (the forward passes alone, on masked batches computed beforehand),
+in the usual NCHW layout and in channels-last.
+
+Extremal perturbation: the time per iteration of backlight and TorchRay at the same areas,
+measured as the difference between a run of ``--long`` and a run of ``--short`` iterations
+divided by the difference in iterations (so one-off costs such as the blur pyramid drop out),
+against the bare cost of one iteration's model work (a forward and an input-gradient pass of
+one image per area).
+
+All contenders run on the same model (torchvision ResNet-18, random weights) and image; the
+rounds are interleaved (A B C ... A B C ...) so that drift in the machine's speed hits all
+alike, and medians are compared.
+
+    python benchmarks/perturbation.py                   # 224x224, CPU, 2 threads, 3 rounds
+    python benchmarks/perturbation.py --rounds 5 --markdown BENCHMARKS.md
+
+Needs the benchmark dependencies: ``pip install torchray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+import backlight.methods.extremal
+import backlight.methods.rise
+
+
+def rise_contenders(
+    model: torch.nn.Module, x: torch.Tensor, num_masks: int, batch_size: int
+) -> dict[str, Callable[[], object]]:
+    from torchray.attribution.rise import rise as torchray_rise
+
+    masks = backlight.methods.rise.RiseMasks(x.shape[-2:], num_masks=num_masks)  # type: ignore[arg-type]
+    batches = [
+        x * masks.render(start, min(start + batch_size, num_masks))
+        for start in range(0, num_masks, batch_size)
+    ]
+    last = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+
+    def bare(layout: list[torch.Tensor]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.inference_mode():
+                return [model(b) for b in layout]
+
+        return run
+
+    return {
+        "bare: masked forward passes (NCHW)": bare(batches),
+        "bare: masked forward passes (channels-last)": bare(last),
+        "backlight.rise": lambda: backlight.methods.rise.rise(
+            model,
+            x,
+            7,
+            num_masks=num_masks,
+            batch_size=batch_size,
+            probability="sigmoid",
+            progress=False,
+        ),
+        "torchray rise": lambda: torchray_rise(
+            model, x, num_masks=num_masks, batch_size=batch_size
+        ),
+    }
+
+
+def extremal_contenders(
+    model: torch.nn.Module, x: torch.Tensor, areas: list[float]
+) -> dict[str, Callable[[int], object]]:
+    from torchray.attribution.extremal_perturbation import extremal_perturbation as torchray_ep
+
+    images = x.expand(len(areas), *x.shape[1:])
+    one_hot = torch.zeros(len(areas), 1000)
+    one_hot[:, 7] = 1.0
+
+    def bare(iterations: int) -> object:
+        for _ in range(iterations):
+            inp = images.clone().requires_grad_(True)
+            torch.autograd.grad(model(inp), inp, one_hot)
+        return None
+
+    def theirs(iterations: int) -> object:
+        # TorchRay leaves the parameters frozen and warns about torch.meshgrid: work on a copy
+        return torchray_ep(copy.deepcopy(model), x, 7, areas=areas, max_iter=iterations)
+
+    return {
+        "bare: forward + input gradient, one image per area": bare,
+        "backlight.extremal_perturbation": lambda iterations: (
+            backlight.methods.extremal.extremal_perturbation(
+                model, x, 7, areas=areas, max_iter=iterations, progress=False
+            )
+        ),
+        "torchray extremal_perturbation": theirs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--masks", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--areas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--short", type=int, default=2)
+    parser.add_argument("--long", type=int, default=8)
+    parser.add_argument("--skip", choices=["rise", "extremal"], help="leave one method out")
+    parser.add_argument("--markdown", help="append the result tables to this file")
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore")  # TorchRay's deprecation and meshgrid warnings
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    load = os.getloadavg()[0]
+
+    rise_runs = (
+        {} if args.skip == "rise" else rise_contenders(model, x, args.masks, args.batch_size)
+    )
+    ep_runs = {} if args.skip == "extremal" else extremal_contenders(model, x, args.areas)
+    rise_times: dict[str, list[float]] = {name: [] for name in rise_runs}
+    ep_times: dict[str, list[float]] = {name: [] for name in ep_runs}
+    for fn in ep_runs.values():  # warm-up (RISE warms up in its first round's batches)
+        fn(1)
+    for r in range(args.rounds):
+        for name, rise_fn in rise_runs.items():
+            start = time.perf_counter()
+            rise_fn()
+            rise_times[name].append(time.perf_counter() - start)
+        for name, ep_fn in ep_runs.items():
+            start = time.perf_counter()
+            ep_fn(args.short)
+            middle = time.perf_counter()
+            ep_fn(args.long)
+            end = time.perf_counter()
+            ep_times[name].append(((end - middle) - (middle - start)) / (args.long - args.short))
+        print(f"round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+
+    command = "python benchmarks/perturbation.py " + " ".join(argv or sys.argv[1:])
+    lines = [
+        f"### Perturbation methods: ResNet-18, 1 image, {args.size}x{args.size}, CPU "
+        f"({args.threads} threads), {args.rounds} interleaved rounds",
+        "",
+        f"`{command.strip()}` on {platform.machine()}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; 1-minute load average {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end.",
+        "",
+    ]
+    if rise_times:
+        bare = statistics.median(rise_times["bare: masked forward passes (NCHW)"])
+        bare_last = statistics.median(rise_times["bare: masked forward passes (channels-last)"])
+        ours = statistics.median(rise_times["backlight.rise"])
+        lines += [
+            f"RISE, {args.masks} masks in batches of {args.batch_size}:",
+            "",
+            "| contender | median time (s) | ratio to bare NCHW | ratio to bare channels-last |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, ts in rise_times.items():
+            t = statistics.median(ts)
+            lines.append(f"| {name} | {t:.2f} | {t / bare:.2f} | {t / bare_last:.2f} |")
+        torchray = statistics.median(rise_times["torchray rise"])
+        lines += ["", f"backlight.rise is **{torchray / ours:.2f}x** faster than TorchRay.", ""]
+    if ep_times:
+        bare = statistics.median(ep_times["bare: forward + input gradient, one image per area"])
+        ours = statistics.median(ep_times["backlight.extremal_perturbation"])
+        torchray = statistics.median(ep_times["torchray extremal_perturbation"])
+        lines += [
+            f"Extremal perturbation, areas {args.areas}, time per iteration "
+            f"(runs of {args.long} minus runs of {args.short} iterations):",
+            "",
+            "| contender | median s / iteration | ratio to bare |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, ts in ep_times.items():
+            t = statistics.median(ts)
+            lines.append(f"| {name} | {t:.3f} | {t / bare:.2f} |")
+        lines += [
+            "",
+            f"backlight.extremal_perturbation is **{torchray / ours:.2f}x** faster than TorchRay "
+            "per iteration.",
+        ]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

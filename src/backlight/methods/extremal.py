@@ -1,0 +1,352 @@
+"""Extremal perturbation: the smooth mask of a given area that keeps (or removes) most evidence.
+
+Every image of the batch and every requested area is one mask, and all of them are optimised
+together: one backward pass per iteration, and one forward pass per input image that takes all
+of its areas at once. Nothing couples two masks: each has its own reward and area penalty, the
+optimiser's update is elementwise, the model runs in eval mode, the jitter schedule depends
+only on the iteration and the seed, and each image's perturbed copies go through the model in
+a pass of their own, so a batch gives exactly the masks its images give one at a time.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._checks import check_flag, check_input, check_model
+from .._checks import check_fraction as _fraction
+from .._checks import check_int as _integer
+from .._checks import check_positive_int as _positive_int
+from .._registry import register
+from .._state import explaining
+from .._targets import class_indices, select_scores
+from .._types import Target
+from ..errors import OptionError, TargetError
+from ._extremal_ops import MaskGenerator, area_penalty, blur_pyramid, fade_pyramid, perturb
+
+__all__ = ["ExtremalResult", "extremal_perturbation"]
+
+Variant: TypeAlias = Literal["preserve", "delete", "dual"]
+Jitter: TypeAlias = Literal["alternate", "random"] | None
+Perturbation: TypeAlias = Literal["blur", "fade"]
+
+# TorchRay's optimiser and schedule (extremal_perturbation.py), which the paper's results use.
+_LEARNING_RATE = 0.01
+_MOMENTUM = 0.9
+_PENALTY_WEIGHT = 300.0
+_PENALTY_GROWTH = 1.0035
+
+
+@dataclass(frozen=True)
+class ExtremalResult:
+    """What :func:`extremal_perturbation` found.
+
+    Attributes:
+        masks: the masks (N, A, H, W) in [0, 1], one per image and area, at the input's size;
+            1 keeps the pixel, 0 blurs it fully.
+        scores: (N, A) the target's score (as the reward counts it: the class score, or its
+            margin over the best other class with ``contrastive=True``) on the image perturbed
+            by each mask: the preserved image for "preserve" and "dual", the image with the
+            region deleted for "delete".
+        history: (N, A, 2, max_iter) per iteration, the reward (row 0) and the area term of
+            the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive).
+        areas: the areas, in the order of the masks' second dimension.
+        variant: "preserve", "delete" or "dual".
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    history: torch.Tensor
+    areas: tuple[float, ...]
+    variant: str
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """The masks (N, A, H, W), the saliency maps of this method."""
+        return self.masks
+
+
+@register(
+    "extremal_perturbation",
+    family="perturbation",
+    summary="smooth mask of a fixed area that maximally preserves (or deletes) the class score",
+    paper="Fong, Patrick & Vedaldi, Understanding Deep Networks via Extremal Perturbations "
+    "and Smooth Masks, ICCV 2019",
+    aliases=("extremal",),
+    options=(
+        "areas",
+        "variant",
+        "max_iter",
+        "step",
+        "sigma",
+        "perturbation",
+        "num_levels",
+        "max_blur",
+        "contrastive",
+        "area_with_margin",
+        "jitter",
+        "seed",
+        "progress",
+    ),
+    quick={"max_iter": 3, "progress": False},
+)
+def extremal_perturbation(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    areas: float | Sequence[float] = (0.1,),
+    variant: Variant = "preserve",
+    max_iter: int = 800,
+    step: int | None = None,
+    sigma: float | None = None,
+    perturbation: Perturbation = "blur",
+    num_levels: int = 8,
+    max_blur: float | None = None,
+    contrastive: bool = False,
+    area_with_margin: bool = False,
+    jitter: Jitter = "alternate",
+    seed: int = 0,
+    progress: bool = True,
+) -> ExtremalResult:
+    """Extremal perturbations (Fong, Patrick & Vedaldi, ICCV 2019).
+
+    For each area ``a``, the smooth mask ``m`` whose area is ``a`` and that keeps the most
+    evidence for the target: ``m_a = argmax_m Φ(m ⊗ x) - λ_t ‖sort(m) - r_a‖²``, with
+    ``m ⊗ x`` the image blurred where the mask is 0, ``Φ`` the target's score and ``r_a`` the
+    sorted mask of area ``a`` (zeros, then a fraction ``a`` of ones). The weight
+    ``λ_t = 300 · 1.0035^t`` grows with the iterations, so the area constraint is enforced more
+    and more strictly. The mask is the smooth maximum of a grid of parameters, one every
+    ``step`` pixels, optimised by SGD (learning rate 0.01, momentum 0.9, dampening 0.9) from all
+    ones: TorchRay's defaults and schedule, which the paper's results come from.
+
+    Args:
+        model: the network; it runs in eval mode with frozen parameters and is restored after.
+        x: a float tensor (N, C, H, W) on the model's device.
+        target: ``None`` for each image's predicted class, an int, one class per image, or a
+            callable that maps the output of a batch of perturbed images to one score per image.
+        areas: one area or several (fractions in (0, 1)); all are optimised at once.
+        variant: ``"preserve"`` (keep the region: the image outside it is blurred),
+            ``"delete"`` (blur the region to lower the score) or ``"dual"`` (both; the reward
+            is the preserved image's score minus the deleted image's).
+        max_iter: optimisation steps (800 as TorchRay).
+        step: pixels between the mask's parameters; ``None`` for TorchRay's 7 at 224 pixels,
+            in proportion to the image's shorter side for other sizes (at least 1), which keeps
+            the number of parameters, and so the optimisation's behaviour, the same.
+        sigma: smoothness of the mask in pixels; ``None`` for ``3 · step`` (TorchRay's 21).
+        perturbation: ``"blur"`` (a Gaussian blur pyramid) or ``"fade"`` (fade to zero).
+        num_levels: levels of the perturbation pyramid (8).
+        max_blur: standard deviation of the strongest blur in pixels; ``None`` for TorchRay's
+            20 at 224 pixels, in proportion to the shorter side for other sizes.
+        contrastive: reward the target's margin over the best other class instead of its score.
+        area_with_margin: measure the area over the mask and its margin of ``sigma`` pixels
+            around the image, as TorchRay does; the mask then covers about
+            ``a · (1 + 2 σ / H) (1 + 2 σ / W)`` of the image (1.35 a at 224x224 with σ = 21).
+            By default the area is the fraction of the image, as the paper defines it.
+        jitter: ``"alternate"`` flips the perturbed images horizontally at even iterations (what
+            TorchRay's code does; its docstring says "randomly"), ``"random"`` flips at the
+            iterations a generator seeded with ``seed`` picks, ``None`` never flips.
+        seed: seed of the ``"random"`` jitter.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`ExtremalResult`: ``masks`` (N, A, H, W), ``scores`` (N, A) and the
+        optimisation ``history``; ``maps`` is ``masks``.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> result = backlight.extremal_perturbation(
+        ...     model, x, 3, areas=[0.1, 0.3], max_iter=5, progress=False
+        ... )
+        >>> result.masks.shape, result.scores.shape
+        (torch.Size([1, 2, 32, 32]), torch.Size([1, 2]))
+    """
+    model = check_model(model)
+    x = check_input(x, model)
+    area_list = _areas(areas)
+    if variant not in ("preserve", "delete", "dual"):
+        raise OptionError(f"`variant` must be 'preserve', 'delete' or 'dual', not {variant!r}")
+    if perturbation not in ("blur", "fade"):
+        raise OptionError(f"`perturbation` must be 'blur' or 'fade', not {perturbation!r}")
+    if jitter not in ("alternate", "random", None):
+        raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
+    max_iter = _positive_int("max_iter", max_iter)
+    num_levels = _positive_int("num_levels", num_levels)
+    if num_levels < 2:
+        raise OptionError(f"`num_levels` must be at least 2, not {num_levels}")
+    scale = min(x.shape[-2:]) / 224
+    step = max(1, round(7 * scale)) if step is None else _positive_int("step", step)
+    sigma = 3.0 * step if sigma is None else _positive_real("sigma", sigma)
+    max_blur = 20.0 * scale if max_blur is None else _positive_real("max_blur", max_blur)
+    contrastive = check_flag("contrastive", contrastive)
+    area_with_margin = check_flag("area_with_margin", area_with_margin)
+    progress = check_flag("progress", progress)
+    seed = _integer("seed", seed)
+    by_callable = callable(target) and not isinstance(target, torch.Tensor)
+    if by_callable and contrastive:
+        raise OptionError(
+            "`contrastive=True` needs class indices as `target`, not a callable; fold the "
+            "contrast into the callable instead (score minus the best other score)"
+        )
+
+    n, _, height, width = x.shape
+    a = len(area_list)
+    x = x.detach()
+    flips = _flips(jitter, seed, max_iter)
+    with explaining(model):
+        with torch.no_grad():
+            output = model(x)
+            classes = None if by_callable else class_indices(output, target)
+            if by_callable:
+                select_scores(output, target)  # checks the callable's result on the clean batch
+            if perturbation == "blur":
+                pyramid = blur_pyramid(x, num_levels, max_blur)
+            else:
+                pyramid = fade_pyramid(x, num_levels)
+            steps = torch.cat(
+                [pyramid[:, 1:] - pyramid[:, :-1], torch.zeros_like(pyramid[:, :1])], dim=1
+            )
+        generator = MaskGenerator((height, width), step, sigma)
+        weights = generator.weights(x.device, x.dtype)
+        params = x.new_ones(n * a, 1, *generator.grid)
+        counted = generator.full[0] * generator.full[1] if area_with_margin else height * width
+        kept = torch.tensor(
+            [counted - int(counted * (1 - area)) for area in area_list] * n, device=x.device
+        )
+        history = x.new_empty(n * a, 2, max_iter)
+        velocity: torch.Tensor | None = None
+        weight = _PENALTY_WEIGHT
+        with (
+            torch.enable_grad(),
+            tqdm(total=max_iter, desc="extremal perturbation", disable=not progress) as bar,
+        ):
+            for t in range(max_iter):
+                params.requires_grad_(True)
+                mask, full = generator(params, weights, margin=area_with_margin)
+                images = _perturbed(pyramid, steps, mask, variant, n, a)
+                if flips[t]:
+                    images = images.flip(dims=(4,))
+                scores = _scores(model, images, classes, target, contrastive)
+                reward = _reward(scores, variant, a)
+                penalty = -weight * area_penalty(mask if full is None else full, kept)
+                energy = (reward + penalty).sum()
+                (grad,) = torch.autograd.grad(-energy, params)
+                with torch.no_grad():
+                    velocity = (
+                        grad
+                        if velocity is None
+                        else velocity.mul_(_MOMENTUM).add_(grad, alpha=1 - _MOMENTUM)
+                    )
+                    params = (params.detach() - _LEARNING_RATE * velocity).clamp_(0, 1)
+                    history[:, 0, t] = reward.detach()
+                    history[:, 1, t] = penalty.detach()
+                weight *= _PENALTY_GROWTH
+                bar.update()
+        with torch.no_grad():
+            masks = mask.detach()
+            final = _perturbed(pyramid, steps, masks, variant, n, a)[:, :a]
+            final_scores = _scores(model, final, classes, target, contrastive)
+    return ExtremalResult(
+        masks=masks.view(n, a, height, width).clone(),
+        scores=final_scores.detach().clone(),
+        history=history.view(n, a, 2, max_iter).cpu(),
+        areas=tuple(area_list),
+        variant=variant,
+    )
+
+
+def _perturbed(
+    pyramid: torch.Tensor,
+    steps: torch.Tensor,
+    mask: torch.Tensor,
+    variant: str,
+    n: int,
+    a: int,
+) -> torch.Tensor:
+    """The images the model sees, (N, copies · A, C, H, W): for "dual" the A preserved images
+    of each input, then its A deleted ones."""
+    mask = mask.view(n, a, *mask.shape[1:])
+    if variant == "preserve":
+        return perturb(pyramid, steps, mask)
+    if variant == "delete":
+        return perturb(pyramid, steps, 1 - mask)
+    return torch.cat([perturb(pyramid, steps, mask), perturb(pyramid, steps, 1 - mask)], dim=1)
+
+
+def _scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor | None,
+    target: Target,
+    contrastive: bool,
+) -> torch.Tensor:
+    """The target's score of every perturbed image, (N, copies · A).
+
+    Each input's images go through the model in a forward pass of their own: the arithmetic of
+    a forward pass can depend on the batch size (oneDNN picks its kernels by shape), and the
+    area penalty's sort makes the optimisation sensitive to the last bit, so one pass per
+    input is what makes a batch give exactly the masks of its inputs run one at a time.
+    """
+    rows = []
+    for i, batch in enumerate(images):
+        output = model(batch)
+        if classes is None:
+            scores = target(output)  # type: ignore[operator, misc]
+            if not isinstance(scores, torch.Tensor) or scores.shape != (batch.shape[0],):
+                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+                raise TargetError(
+                    "a callable `target` must return a 1-D tensor with one score per perturbed "
+                    f"image ({batch.shape[0]}), got {got}"
+                )
+            rows.append(scores)
+            continue
+        logits: torch.Tensor = output
+        label = classes[i].expand(batch.shape[0], 1)
+        chosen = logits.gather(1, label)[:, 0]
+        if contrastive:
+            chosen = chosen - logits.scatter(1, label, float("-inf")).amax(dim=1)
+        rows.append(chosen)
+    return torch.stack(rows)
+
+
+def _reward(scores: torch.Tensor, variant: str, a: int) -> torch.Tensor:
+    """The reward of each mask, flattened to (N · A,)."""
+    if variant == "preserve":
+        reward = scores
+    elif variant == "delete":
+        reward = -scores
+    else:
+        reward = scores[:, :a] - scores[:, a:]
+    return reward.reshape(-1)
+
+
+def _flips(jitter: Jitter, seed: int, max_iter: int) -> list[bool]:
+    if jitter is None:
+        return [False] * max_iter
+    if jitter == "alternate":
+        return [t % 2 == 0 for t in range(max_iter)]
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(max_iter, generator=generator) < 0.5).tolist()
+
+
+def _areas(areas: Any) -> list[float]:
+    values = [areas] if isinstance(areas, numbers.Real) else areas
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise OptionError(
+            f"`areas` must be a fraction or a non-empty list of fractions, not {areas!r}"
+        )
+    return [_fraction("areas", v, closed=False) for v in values]
+
+
+def _positive_real(name: str, value: Any) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0:
+        return float(value)
+    raise OptionError(f"`{name}` must be a positive number, not {value!r}")

@@ -1,0 +1,310 @@
+"""RISE: saliency as the average of random masks weighted by the score they leave.
+
+The masks are never stored at full resolution. :class:`RiseMasks` keeps only what is random,
+the low-resolution binary grids and the random shifts (``num_masks × (cells² + 2)`` numbers,
+under a megabyte for 8,000 masks), and renders full-resolution masks one batch at a time with two
+small matrix products. Memory therefore grows with ``batch_size``, never with ``num_masks``; the
+grids are drawn once per (seed, settings, image size) and cached, so a second call, or the second
+image of a batch, reuses them; and a mask does not depend on ``batch_size`` or on the batch it is
+rendered in, so changing ``batch_size`` does not change the map.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._checks import check_flag, check_input, check_model
+from .._checks import check_fraction as _fraction
+from .._checks import check_int as _integer
+from .._checks import check_positive_int as _positive_int
+from .._registry import register
+from .._state import explaining
+from .._targets import class_indices
+from .._types import Target
+from ..errors import OptionError, TargetError
+
+__all__ = ["RiseMasks", "rise"]
+
+#: How model outputs become the scores that weight the masks.
+Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
+
+_PROBABILITIES = ("softmax", "sigmoid", None)
+
+
+class RiseMasks:
+    """The random masks of RISE for one image size, rendered on demand a batch at a time.
+
+    Each mask is a ``cells × cells`` grid of independent Bernoulli(``p``) cells, upsampled
+    bilinearly (mirrored at the borders, as the authors' code does) to ``(cells + 1) · ⌈H / cells⌉``
+    pixels and cropped to ``H × W`` at a random offset of less than one cell. Only the grids and
+    the offsets are stored; :meth:`render` builds full-resolution masks for a range of indices.
+
+    The random draws come from a CPU generator seeded with ``seed``, so the masks are the same on
+    every device and for every ``batch_size``.
+
+    Args:
+        size: the image size ``(H, W)``.
+        num_masks: how many masks.
+        cells: grid cells per side.
+        p: probability that a cell is kept (1) rather than dropped (0).
+        seed: seed of the random draws.
+
+    Example:
+        >>> import torch
+        >>> from backlight.methods.rise import RiseMasks
+        >>> masks = RiseMasks((32, 32), num_masks=100, cells=4, p=0.5, seed=0)
+        >>> masks.render(0, 10).shape
+        torch.Size([10, 1, 32, 32])
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        *,
+        num_masks: int = 8000,
+        cells: int = 7,
+        p: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.num_masks = _positive_int("num_masks", num_masks)
+        self.cells = _positive_int("cells", cells)
+        self.p = _fraction("p", p)
+        self.seed = _integer("seed", seed)
+        self.cell_size = (
+            math.ceil(self.size[0] / self.cells),
+            math.ceil(self.size[1] / self.cells),
+        )
+        self.grids, self.shifts = _draw(
+            self.num_masks, self.cells, self.p, self.seed, *self.cell_size
+        )
+
+    def __len__(self) -> int:
+        return self.num_masks
+
+    def render(
+        self,
+        start: int,
+        stop: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Masks ``start`` to ``stop - 1`` at full resolution, shape (stop - start, 1, H, W).
+
+        Bilinear upsampling is linear and separable, so the upsampled, cropped mask ``i`` is
+        ``Ry[i] · G[i] · Rx[i]ᵀ`` with ``G[i]`` the grid and ``Ry[i]``, ``Rx[i]`` the rows of the
+        interpolation matrices that the crop keeps.
+        """
+        height, width = self.size
+        grids = self.grids[start:stop].to(device=device, dtype=dtype)
+        shifts = self.shifts[start:stop].to(device=device)
+        rows = _interpolation(self.cells, (self.cells + 1) * self.cell_size[0])
+        cols = _interpolation(self.cells, (self.cells + 1) * self.cell_size[1])
+        rows = rows.to(device=device, dtype=dtype)
+        cols = cols.to(device=device, dtype=dtype)
+        ry = rows[shifts[:, :1] + torch.arange(height, device=grids.device)]  # (B, H, cells)
+        rx = cols[shifts[:, 1:] + torch.arange(width, device=grids.device)]  # (B, W, cells)
+        return torch.bmm(torch.bmm(ry, grids), rx.transpose(1, 2)).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=16)
+def _draw(
+    num_masks: int, cells: int, p: float, seed: int, cell_h: int, cell_w: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    grids = torch.rand(num_masks, cells, cells, generator=generator) < p
+    shift_y = torch.randint(0, cell_h, (num_masks, 1), generator=generator)
+    shift_x = torch.randint(0, cell_w, (num_masks, 1), generator=generator)
+    return grids, torch.cat([shift_y, shift_x], dim=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _interpolation(n: int, size: int) -> torch.Tensor:
+    """The (size, n) matrix of bilinear upsampling from n to size samples, half-pixel centres,
+    mirrored at the borders (sample -1 is sample 1)."""
+    matrix = torch.zeros(size, n, dtype=torch.float64)
+    for u in range(size):
+        source = (u + 0.5) * n / size - 0.5
+        low = math.floor(source)
+        frac = source - low
+        matrix[u, _mirror(low, n)] += 1.0 - frac
+        matrix[u, _mirror(low + 1, n)] += frac
+    return matrix
+
+
+def _mirror(i: int, n: int) -> int:
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    i %= period
+    return period - i if i >= n else i
+
+
+class _Forward:
+    """The masked forward passes, in channels-last layout on CPU for convolutional models.
+
+    oneDNN's convolutions and pooling run two to three times faster on channels-last batches;
+    the values are the same up to rounding. A model that cannot take that layout (one that calls
+    ``x.view`` on its input) raises on the first batch, which is then retried in the usual layout,
+    and the usual layout is kept.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model = model
+        self.x = x
+        self.first = True
+        self.images = x
+        if x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            self.images = x.contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, i: int, masks: torch.Tensor) -> Any:
+        if not self.first:
+            return self.model(self.images[i : i + 1] * masks)
+        self.first = False
+        try:
+            return self.model(self.images[i : i + 1] * masks)
+        except RuntimeError:
+            if self.images is self.x:
+                raise
+            self.images = self.x
+        return self.model(self.images[i : i + 1] * masks)
+
+
+def _transform(output: Any, probability: Probability) -> Any:
+    if probability is None:
+        return output
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise OptionError(
+            f"`probability={probability!r}` needs a model that returns logits (N, classes), but "
+            f"it returned {shape}; pass probability=None and a callable `target` that maps the "
+            "output to one score per sample"
+        )
+    if probability == "softmax":
+        return torch.softmax(output, dim=1)
+    return torch.sigmoid(output)
+
+
+def _callable_scores(target: Callable[[Any], torch.Tensor], output: Any, n: int) -> torch.Tensor:
+    scores = target(output)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] != n:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(
+            f"a callable `target` must return a 1-D tensor with one score per image ({n}), "
+            f"got {got}"
+        )
+    return scores
+
+
+@register(
+    "rise",
+    family="perturbation",
+    summary="average of random masks weighted by the class probability of the masked image",
+    paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of "
+    "Black-box Models, BMVC 2018",
+    options=("num_masks", "cells", "p", "batch_size", "seed", "probability", "progress"),
+    quick={"num_masks": 64, "batch_size": 32, "progress": False},
+)
+def rise(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target | Literal["all"] = None,
+    *,
+    num_masks: int = 8000,
+    cells: int = 7,
+    p: float = 0.5,
+    batch_size: int = 32,
+    seed: int = 0,
+    probability: Probability = "softmax",
+    progress: bool = True,
+) -> torch.Tensor:
+    """RISE, randomized input sampling for explanation (Petsiuk, Das & Saenko, BMVC 2018).
+
+    The map is the expected score of the masked image given that the pixel was kept, estimated
+    with ``num_masks`` random smooth masks ``M_i`` (see :class:`RiseMasks`):
+    ``S(λ) = Σ_i f(x ⊙ M_i) · M_i(λ) / (num_masks · p)``.
+
+    Args:
+        model: the network; it runs in eval mode with frozen parameters and is restored after.
+        x: a float tensor (N, C, H, W) on the model's device.
+        target: ``None`` for each image's predicted class, an int, one class per image, a
+            callable that maps the (transformed) output of a batch of masked copies of one image
+            to one score per copy, or ``"all"`` for one map per class.
+        num_masks: number of random masks (8,000 as TorchRay; the paper uses 4,000 to 8,000).
+        cells: grid cells per side of the low-resolution masks (7).
+        p: probability that a cell is kept (0.5).
+        batch_size: masked images per forward pass; memory grows with it, not with num_masks.
+        seed: seed of the masks; the same seed gives the same map.
+        probability: ``"softmax"`` (class probabilities, as in the paper), ``"sigmoid"`` (for
+            multi-label models; TorchRay's choice), or ``None`` for the raw outputs.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        A detached tensor (N, 1, H, W), or (N, K, H, W) for ``target="all"`` with K classes.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> backlight.rise(model, x, [3, 7], num_masks=64, progress=False).shape
+        torch.Size([2, 1, 32, 32])
+    """
+    model = check_model(model)
+    x = check_input(x, model)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    masks = RiseMasks(size, num_masks=num_masks, cells=cells, p=p, seed=seed)
+    batch_size = _positive_int("batch_size", batch_size)
+    if probability not in _PROBABILITIES:
+        raise OptionError(
+            f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
+        )
+    progress = check_flag("progress", progress)
+    every_class = isinstance(target, str) and target == "all"
+    per_image = callable(target) and not isinstance(target, torch.Tensor)
+    n, _, height, width = x.shape
+    x = x.detach()
+    forward = _Forward(model, x)
+
+    with explaining(model), torch.inference_mode():
+        scores = _transform(model(x), probability)
+        if every_class:
+            if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+                raise TargetError(
+                    "`target='all'` needs a model that returns one score per class (N, classes)"
+                )
+            classes = None
+            saliency = x.new_zeros(n, scores.shape[1], height * width)
+        elif per_image:
+            _callable_scores(target, scores, n)  # type: ignore[arg-type]
+            classes = None
+            saliency = x.new_zeros(n, 1, height * width)
+        else:
+            classes = class_indices(scores, target)  # type: ignore[arg-type]
+            saliency = x.new_zeros(n, 1, height * width)
+
+        with tqdm(total=masks.num_masks * n, desc="RISE", unit="mask", disable=not progress) as bar:
+            for start in range(0, masks.num_masks, batch_size):
+                stop = min(start + batch_size, masks.num_masks)
+                batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
+                flat = batch.reshape(stop - start, height * width)
+                for i in range(n):
+                    output = _transform(forward(i, batch), probability)
+                    if every_class:
+                        weights = output.T  # (K, B)
+                    elif per_image:
+                        weights = _callable_scores(target, output, stop - start)[None]  # type: ignore[arg-type]
+                    else:
+                        assert classes is not None
+                        weights = output[:, classes[i]][None]
+                    saliency[i].addmm_(weights.to(x.dtype), flat)
+                    bar.update(stop - start)
+        saliency /= masks.num_masks * masks.p
+    return saliency.reshape(n, -1, height, width).clone()
