@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in ci
 
 
-def test_first_command_runs_the_quickstart() -> None:
+def test_first_command_installs_and_runs_the_demo() -> None:
     first = _code_blocks()[0]
-    assert first.endswith("examples/quickstart.py")
-    assert (ROOT / "examples" / "quickstart.py").exists()
+    assert first.startswith("python3 -m venv .venv")
+    assert first.endswith(".venv/bin/backlight demo")

@@ -117,6 +117,7 @@ class Job:
     progress: bool = True
     title: str = "backlight report"
     layers_for: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Result:
 
 def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
     options: dict[str, Any] = dict(method.quick) if job.quick else {}
+    options.update(job.overrides.get(method.name, {}))
     if "progress" in method.options:
         options["progress"] = False  # the command has its own progress bar
     layer = job.layers_for.get(method.family, job.layer)
