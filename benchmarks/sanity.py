@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = next(iter(results.values())).layers
     command = "python benchmarks/sanity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        f"### Cascading randomization of the demo network ({args.images} images, seed "
-        f"{args.seed})",
+        f"### Cascading randomization of the demo network ({args.images} images, seed {args.seed})",
         "",
         f"`{command.strip()}`, {time.strftime('%Y-%m-%d')}. Mean over images of the Spearman "
         "rank correlation of |map| (and SSIM) with the trained network's map, after "

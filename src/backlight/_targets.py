@@ -31,9 +31,7 @@ def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
             raise TargetError("`target` must hold class indices, not booleans")
         indices = target.to(device=device, dtype=torch.long)
     elif isinstance(target, Sequence) and not isinstance(target, str):
-        if not all(
-            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
-        ):
+        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target):
             raise TargetError(
                 f"`target` as a sequence must hold integer class indices, got {list(target)!r}"
             )
