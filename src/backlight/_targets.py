@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeAlias
 
 import torch
 
 from ._types import Target
-from .errors import TargetError
+from .errors import OptionError, TargetError
 
 
 def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
@@ -104,3 +104,35 @@ def _logits_shape(output: Any) -> tuple[int, int]:
         )
     n, k = output.shape
     return int(n), int(k)
+
+
+#: How model outputs become the scores of perturbation methods and metrics.
+Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
+
+
+def to_probability(output: Any, probability: Probability) -> Any:
+    """Softmax or sigmoid of logits (N, classes), or the output unchanged for ``None``."""
+    if probability is None:
+        return output
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise OptionError(
+            f"`probability={probability!r}` needs a model that returns logits (N, classes), but "
+            f"it returned {shape}; pass probability=None and a callable `target` that maps the "
+            "output to one score per image"
+        )
+    if probability == "softmax":
+        return torch.softmax(output, dim=1)
+    return torch.sigmoid(output)
+
+
+def callable_scores(target: Callable[[Any], torch.Tensor], output: Any, n: int) -> torch.Tensor:
+    """A callable target's scores of a batch of ``n`` images: a 1-D tensor of ``n`` scores."""
+    scores = target(output)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] != n:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(
+            f"a callable `target` must return a 1-D tensor with one score per image ({n}), "
+            f"got {got}"
+        )
+    return scores

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,14 +25,13 @@ from .._checks import check_int as _integer
 from .._checks import check_positive_int as _positive_int
 from .._registry import register
 from .._state import explaining
-from .._targets import class_indices
+from .._targets import Probability, callable_scores, class_indices, to_probability
 from .._types import Target
 from ..errors import OptionError, TargetError
 
 __all__ = ["RiseMasks", "rise"]
 
 #: How model outputs become the scores that weight the masks.
-Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
 
 _PROBABILITIES = ("softmax", "sigmoid", None)
 
@@ -178,32 +176,6 @@ class _Forward:
         return self.model(self.images[i : i + 1] * masks)
 
 
-def _transform(output: Any, probability: Probability) -> Any:
-    if probability is None:
-        return output
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise OptionError(
-            f"`probability={probability!r}` needs a model that returns logits (N, classes), but "
-            f"it returned {shape}; pass probability=None and a callable `target` that maps the "
-            "output to one score per sample"
-        )
-    if probability == "softmax":
-        return torch.softmax(output, dim=1)
-    return torch.sigmoid(output)
-
-
-def _callable_scores(target: Callable[[Any], torch.Tensor], output: Any, n: int) -> torch.Tensor:
-    scores = target(output)
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] != n:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise TargetError(
-            f"a callable `target` must return a 1-D tensor with one score per image ({n}), "
-            f"got {got}"
-        )
-    return scores
-
-
 @register(
     "rise",
     family="perturbation",
@@ -274,7 +246,7 @@ def rise(
     forward = _Forward(model, x)
 
     with explaining(model), torch.inference_mode():
-        scores = _transform(model(x), probability)
+        scores = to_probability(model(x), probability)
         if every_class:
             if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
                 raise TargetError(
@@ -283,7 +255,7 @@ def rise(
             classes = None
             saliency = x.new_zeros(n, scores.shape[1], height * width)
         elif per_image:
-            _callable_scores(target, scores, n)  # type: ignore[arg-type]
+            callable_scores(target, scores, n)  # type: ignore[arg-type]
             classes = None
             saliency = x.new_zeros(n, 1, height * width)
         else:
@@ -296,11 +268,11 @@ def rise(
                 batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
                 flat = batch.reshape(stop - start, height * width)
                 for i in range(n):
-                    output = _transform(forward(i, batch), probability)
+                    output = to_probability(forward(i, batch), probability)
                     if every_class:
                         weights = output.T  # (K, B)
                     elif per_image:
-                        weights = _callable_scores(target, output, stop - start)[None]  # type: ignore[arg-type]
+                        weights = callable_scores(target, output, stop - start)[None]  # type: ignore[arg-type]
                     else:
                         assert classes is not None
                         weights = output[:, classes[i]][None]

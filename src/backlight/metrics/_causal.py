@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_input, check_model
 from .._state import explaining
-from .._targets import class_indices
+from .._targets import Probability, callable_scores, class_indices, to_probability
 from .._types import Target
 from ..errors import InputError, OptionError, TargetError
 from ._common import flag, positive_int, resize_maps, saliency_batch
@@ -29,7 +29,6 @@ from ._common import flag, positive_int, resize_maps, saliency_batch
 __all__ = ["PerturbationCurves", "blur", "deletion", "insertion"]
 
 #: How model outputs become the recorded scores.
-Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
 
 #: What the pixels are replaced with (deletion) or start from (insertion).
 Substrate: TypeAlias = (
@@ -265,7 +264,8 @@ def _run(
     with explaining(model), torch.inference_mode():
         if not per_image:
             outputs = [
-                _scores(model(x[i : i + batch_size]), probability) for i in range(0, n, batch_size)
+                to_probability(model(x[i : i + batch_size]), probability)
+                for i in range(0, n, batch_size)
             ]
             classes = class_indices(torch.cat(outputs), target)
         with tqdm(total=n * (steps + 1), desc=mode, unit="image", disable=not progress) as bar:
@@ -274,9 +274,9 @@ def _run(
                     counts = changed[first : first + batch_size]
                     keep = rank[i].reshape(1, 1, height, width) >= counts.reshape(-1, 1, 1, 1)
                     batch = torch.where(keep, start[i : i + 1], finish[i : i + 1])
-                    output = _scores(model(batch), probability)
+                    output = to_probability(model(batch), probability)
                     if classes is None:
-                        values = _callable_scores(target, output, batch.shape[0])  # type: ignore[arg-type]
+                        values = callable_scores(target, output, batch.shape[0])  # type: ignore[arg-type]
                     else:
                         values = output[:, classes[i]]
                     curves[i, first : first + batch.shape[0]] = values.double().cpu()
@@ -319,31 +319,3 @@ def _substrate(substrate: Substrate, x: torch.Tensor) -> torch.Tensor:
         "`substrate` must be 'zeros', 'blur', a tensor broadcastable to `x` or a callable "
         f"x -> tensor, not {substrate!r}"
     )
-
-
-def _scores(output: Any, probability: Probability) -> Any:
-    if probability is None:
-        return output
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise OptionError(
-            f"`probability={probability!r}` needs a model that returns logits (N, classes), but "
-            f"it returned {shape}; pass probability=None and a callable `target` that maps the "
-            "output to one score per image"
-        )
-    if probability == "softmax":
-        return torch.softmax(output, dim=1)
-    return torch.sigmoid(output)
-
-
-def _callable_scores(
-    target: Callable[[Any], torch.Tensor], output: Any, count: int
-) -> torch.Tensor:
-    scores = target(output)
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] != count:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise TargetError(
-            f"a callable `target` must return a 1-D tensor with one score per step image "
-            f"({count}), got {got}"
-        )
-    return scores
