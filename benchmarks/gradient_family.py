@@ -2,10 +2,10 @@
 
 The bound is what any input-gradient method must do: one forward pass and one
 ``torch.autograd.grad`` with respect to the input only. Every contender runs on the same model,
-input and targets; the rounds are interleaved (A B C ... A B C ...) so that drift in the machine's
-speed hits all contenders alike, and the medians are compared as ratios to the bound.
+input and targets, interleaved in a new random order each round (see _timing.py); medians and
+minimums are compared as ratios to the bound.
 
-    python benchmarks/gradient_family.py                # ResNet-50, batch 8, 224x224, 7 rounds
+    python benchmarks/gradient_family.py                # ResNet-50, batch 8, 224x224, 15 rounds
     python benchmarks/gradient_family.py --rounds 3 --markdown BENCHMARKS.md
 
 Needs the benchmark dependencies: ``pip install captum torchray``.
@@ -14,10 +14,6 @@ Needs the benchmark dependencies: ``pip install captum torchray``.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import sys
-import time
 import warnings
 from collections.abc import Callable
 
@@ -25,6 +21,9 @@ import torch
 import torchvision
 
 import backlight
+from _timing import interleave, ratio_table, stamp
+
+BOUND = "bound: forward + autograd.grad(input)"
 
 
 def contenders(
@@ -48,7 +47,7 @@ def contenders(
         return GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=target)
 
     return {
-        "bound: forward + autograd.grad(input)": bound,
+        BOUND: bound,
         "backlight.gradient": lambda: backlight.gradient(model, x, target),
         "backlight.guided_backprop": lambda: backlight.guided_backprop(model, x, target),
         "captum Saliency": captum_gradient,
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", help="append the result table to this file")
     args = parser.parse_args(argv)
@@ -79,32 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, 3, args.size, args.size)
     target = [(37 * i + 11) % 1000 for i in range(args.batch)]
     runs = contenders(model, x, target)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():  # warm-up
-        fn()
-    for r in range(args.rounds):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-            for p in model.parameters():  # peers may leave parameter gradients behind
-                p.grad = None
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-
-    bound = statistics.median(times["bound: forward + autograd.grad(input)"])
-    command = "python benchmarks/gradient_family.py " + " ".join(argv or sys.argv[1:])
+    times = interleave(runs, args.rounds, model)
     lines = [
         f"### Gradient family: {args.model}, batch {args.batch}, {args.size}x{args.size}, CPU "
-        f"({args.threads} threads), {args.rounds} interleaved rounds",
+        f"({args.threads} threads), {args.rounds} rounds",
         "",
-        f"`{command.strip()}` on {platform.machine()}, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}. Ratio = median time / median time of the bound.",
+        stamp("gradient_family.py", argv),
         "",
-        "| contender | ratio to bound |",
-        "| --- | ---: |",
+        *ratio_table(times, BOUND),
     ]
-    for name, ts in times.items():
-        lines.append(f"| {name} | {statistics.median(ts) / bound:.3f} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.markdown:

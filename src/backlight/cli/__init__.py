@@ -190,17 +190,9 @@ def _layers(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo runs every method's quick settings, but with enough masks and iterations for RISE
-# and extremal perturbation to converge on the 64x64 shapes (about 5 and 10 s of the budget).
-DEMO_SETTINGS = {
-    "rise": {"num_masks": 1000, "batch_size": 64},
-    "extremal_perturbation": {"max_iter": 300},
-}
-
-
 def _demo(args: argparse.Namespace) -> int:
     from ..data import make_batch
-    from ..demo import CAM_LAYER, load_demo_model
+    from ..demo import CAM_LAYER, METHOD_SETTINGS, load_demo_model
 
     if not 1 <= args.images <= 24:
         raise UsageError(f"--images must be between 1 and 24, not {args.images}")
@@ -215,7 +207,7 @@ def _demo(args: argparse.Namespace) -> int:
         methods=list_methods(),
         layer=CAM_LAYER,
         quick=True,
-        overrides=DEMO_SETTINGS,
+        overrides=METHOD_SETTINGS,
         progress=not args.quiet,
         title="backlight demo: DemoNet on synthetic shapes",
     )

@@ -128,8 +128,10 @@ def benchmark(
             4 px, the same fraction of the side.
         steps: deletion and insertion steps.
         randomization_images: the images used for randomization (its cost is one map per layer).
-        quick: the methods' quick settings (fewer masks and iterations for RISE, extremal
-            perturbation); ``False`` uses their defaults (much slower).
+        quick: the methods' quick settings, with the demo's settings for RISE and extremal
+            perturbation on the demo network (``backlight.demo.METHOD_SETTINGS``: enough masks
+            and iterations to converge on these images); ``False`` uses their defaults (much
+            slower).
         batch_size: images per method call.
         baseline: add a row for a map that ignores image and model, a blob in the centre
             (TorchRay's "center" baseline): what any method has to beat.
@@ -146,7 +148,7 @@ def benchmark(
         ('grad_cam', True)
     """
     from ..data import make_batch
-    from ..demo import CAM_LAYER, load_demo_model
+    from ..demo import CAM_LAYER, METHOD_SETTINGS, load_demo_model
 
     infos = list_methods() if methods is None else [_method(m) for m in methods]
     if baseline:
@@ -154,6 +156,7 @@ def benchmark(
     if not isinstance(images, int) or isinstance(images, bool) or images < 1:
         raise OptionError(f"`images` must be a positive int, not {images!r}")
     randomization_images = max(1, min(randomization_images, images))
+    demo = model is None
     model = load_demo_model() if model is None else model
     layer = CAM_LAYER if layer is None else layer
     x, labels, masks = make_batch(images, seed=seed)
@@ -161,6 +164,8 @@ def benchmark(
     rows = []
     for info in tqdm(infos, desc="bench", disable=not progress):
         options = dict(info.quick) if quick else {}
+        if quick and demo:
+            options.update(METHOD_SETTINGS.get(info.name, {}))
         if "progress" in info.options:
             options["progress"] = False
         if "layer" in info.options and info.family in ("cam", "excitation"):
