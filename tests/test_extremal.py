@@ -324,3 +324,21 @@ def test_contrastive_needs_class_indices(tiny: TinyNet) -> None:
         extremal_perturbation(
             tiny, torch.randn(1, 3, 12, 12), lambda out: out[:, 0], contrastive=True
         )
+
+
+def test_autocast_finds_the_same_patch() -> None:
+    """bfloat16 forward and backward passes (the convolution runs in reduced precision): the
+    mask still keeps the patch and stays close to the float32 mask."""
+    conv = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+    model, x = nn.Sequential(conv, PatchNet(gain=40.0)), _patch_image()
+    options = {"areas": [0.1], "max_iter": 150, "jitter": None, **SMALL}
+    exact = extremal_perturbation(model, x, 0, **options).masks[0, 0]  # type: ignore[arg-type]
+    fast = extremal_perturbation(model, x, 0, autocast=torch.bfloat16, **options)  # type: ignore[arg-type]
+    mask = fast.masks[0, 0]
+    assert fast.masks.dtype == torch.float32 and fast.scores.dtype == torch.float32
+    assert float(mask[PATCH].mean()) > 0.8
+    assert float(torch.corrcoef(torch.stack([mask.flatten(), exact.flatten()]))[0, 1]) > 0.9
+    with pytest.raises(backlight.OptionError, match="`autocast` must be None"):
+        extremal_perturbation(model, x, 0, max_iter=1, autocast=torch.int8, progress=False)  # type: ignore[arg-type]

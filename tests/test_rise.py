@@ -290,3 +290,25 @@ def test_callable_target_and_non_logit_output() -> None:
 def test_bad_options(options: dict[str, object], message: str, tiny: TinyNet) -> None:
     with pytest.raises(backlight.OptionError, match=message):
         rise(tiny, torch.randn(1, 3, 12, 12), 0, **options)  # type: ignore[arg-type]
+
+
+def test_autocast_is_a_close_approximation() -> None:
+    """bfloat16 forward passes: the same masks, scores off by about 1e-2, the same map up to a
+    fraction of the sampling noise; float32 results either way."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    x = torch.rand(2, 3, 24, 24)
+    exact = rise(model, x, [1, 2], num_masks=400, progress=False)
+    fast = rise(model, x, [1, 2], num_masks=400, autocast=torch.bfloat16, progress=False)
+    assert fast.dtype == torch.float32
+    assert _corr(exact, fast) > 0.98
+    assert float((fast - exact).norm() / exact.norm()) < 0.05
+    assert not torch.equal(fast, exact)  # it is an approximation, and says so
+    with pytest.raises(backlight.OptionError, match="`autocast` must be None, torch.bfloat16"):
+        rise(model, x, 1, num_masks=8, autocast=torch.float64, progress=False)  # type: ignore[arg-type]

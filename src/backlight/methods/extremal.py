@@ -92,6 +92,7 @@ class ExtremalResult:
         "area_with_margin",
         "jitter",
         "seed",
+        "autocast",
         "progress",
     ),
     quick={"max_iter": 3, "progress": False},
@@ -113,6 +114,7 @@ def extremal_perturbation(
     area_with_margin: bool = False,
     jitter: Jitter = "alternate",
     seed: int = 0,
+    autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> ExtremalResult:
     """Extremal perturbations (Fong, Patrick & Vedaldi, ICCV 2019).
@@ -153,6 +155,11 @@ def extremal_perturbation(
             TorchRay's code does; its docstring says "randomly"), ``"random"`` flips at the
             iterations a generator seeded with ``seed`` picks, ``None`` never flips.
         seed: seed of the ``"random"`` jitter.
+        autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the model's forward and
+            backward passes of the optimisation under :func:`torch.autocast`, in reduced
+            precision: about 2.5 times faster on CPUs with AMX or AVX-512 BF16 (and on GPUs).
+            An approximation: the masks differ from the float32 ones about as much as two runs
+            whose ties break differently. The final scores are computed in full precision.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -190,6 +197,10 @@ def extremal_perturbation(
     area_with_margin = check_flag("area_with_margin", area_with_margin)
     progress = check_flag("progress", progress)
     seed = _integer("seed", seed)
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise OptionError(
+            f"`autocast` must be None, torch.bfloat16 or torch.float16, not {autocast!r}"
+        )
     by_callable = callable(target) and not isinstance(target, torch.Tensor)
     if by_callable and contrastive:
         raise OptionError(
@@ -234,7 +245,7 @@ def extremal_perturbation(
                 images = _perturbed(pyramid, steps, mask, variant, n, a)
                 if flips[t]:
                     images = images.flip(dims=(4,))
-                scores = _scores(model, images, classes, target, contrastive)
+                scores = _scores(model, images, classes, target, contrastive, autocast)
                 reward = _reward(scores, variant, a)
                 penalty = -weight * area_penalty(mask if full is None else full, kept)
                 energy = (reward + penalty).sum()
@@ -253,7 +264,7 @@ def extremal_perturbation(
         with torch.no_grad():
             masks = mask.detach()
             final = _perturbed(pyramid, steps, masks, variant, n, a)[:, :a]
-            final_scores = _scores(model, final, classes, target, contrastive)
+            final_scores = _scores(model, final, classes, target, contrastive, None)
     return ExtremalResult(
         masks=masks.view(n, a, height, width).clone(),
         scores=final_scores.detach().clone(),
@@ -287,6 +298,7 @@ def _scores(
     classes: torch.Tensor | None,
     target: Target,
     contrastive: bool,
+    autocast: torch.dtype | None,
 ) -> torch.Tensor:
     """The target's score of every perturbed image, (N, copies · A).
 
@@ -297,7 +309,12 @@ def _scores(
     """
     rows = []
     for i, batch in enumerate(images):
-        output = model(batch)
+        if autocast is None:
+            output = model(batch)
+        else:
+            with torch.autocast(batch.device.type, dtype=autocast):
+                output = model(batch)
+            output = output.float() if isinstance(output, torch.Tensor) else output
         if classes is None:
             scores = target(output)  # type: ignore[operator, misc]
             if not isinstance(scores, torch.Tensor) or scores.shape != (batch.shape[0],):

@@ -155,25 +155,33 @@ class _Forward:
     and the usual layout is kept.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None) -> None:
         self.model = model
         self.x = x
         self.first = True
         self.images = x
+        self.autocast = autocast
         if x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
             self.images = x.contiguous(memory_format=torch.channels_last)
 
+    def _run(self, i: int, masks: torch.Tensor) -> Any:
+        if self.autocast is None:
+            return self.model(self.images[i : i + 1] * masks)
+        with torch.autocast(self.x.device.type, dtype=self.autocast):
+            out = self.model(self.images[i : i + 1] * masks)
+        return out.float() if isinstance(out, torch.Tensor) else out
+
     def __call__(self, i: int, masks: torch.Tensor) -> Any:
         if not self.first:
-            return self.model(self.images[i : i + 1] * masks)
+            return self._run(i, masks)
         self.first = False
         try:
-            return self.model(self.images[i : i + 1] * masks)
+            return self._run(i, masks)
         except RuntimeError:
             if self.images is self.x:
                 raise
             self.images = self.x
-        return self.model(self.images[i : i + 1] * masks)
+        return self._run(i, masks)
 
 
 @register(
@@ -182,7 +190,16 @@ class _Forward:
     summary="average of random masks weighted by the class probability of the masked image",
     paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of "
     "Black-box Models, BMVC 2018",
-    options=("num_masks", "cells", "p", "batch_size", "seed", "probability", "progress"),
+    options=(
+        "num_masks",
+        "cells",
+        "p",
+        "batch_size",
+        "seed",
+        "probability",
+        "autocast",
+        "progress",
+    ),
     quick={"num_masks": 64, "batch_size": 32, "progress": False},
 )
 def rise(
@@ -196,6 +213,7 @@ def rise(
     batch_size: int = 32,
     seed: int = 0,
     probability: Probability = "softmax",
+    autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """RISE, randomized input sampling for explanation (Petsiuk, Das & Saenko, BMVC 2018).
@@ -217,6 +235,11 @@ def rise(
         seed: seed of the masks; the same seed gives the same map.
         probability: ``"softmax"`` (class probabilities, as in the paper), ``"sigmoid"`` (for
             multi-label models; TorchRay's choice), or ``None`` for the raw outputs.
+        autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the masked forward passes under
+            :func:`torch.autocast`, in reduced precision: about 2.5 times faster on CPUs with
+            AMX or AVX-512 BF16 (and on GPUs). An approximation: the scores change by about
+            1e-2 relative, below the sampling noise of the masks, but the map is no longer the
+            float32 one. ``None`` (the default) keeps the model's precision.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -239,11 +262,15 @@ def rise(
             f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
         )
     progress = check_flag("progress", progress)
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise OptionError(
+            f"`autocast` must be None, torch.bfloat16 or torch.float16, not {autocast!r}"
+        )
     every_class = isinstance(target, str) and target == "all"
     per_image = callable(target) and not isinstance(target, torch.Tensor)
     n, _, height, width = x.shape
     x = x.detach()
-    forward = _Forward(model, x)
+    forward = _Forward(model, x, autocast)
 
     with explaining(model), torch.inference_mode():
         scores = to_probability(model(x), probability)
