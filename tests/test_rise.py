@@ -310,5 +310,5 @@ def test_autocast_is_a_close_approximation() -> None:
     assert _corr(exact, fast) > 0.98
     assert float((fast - exact).norm() / exact.norm()) < 0.05
     assert not torch.equal(fast, exact)  # it is an approximation, and says so
-    with pytest.raises(backlight.OptionError, match="`autocast` must be None, torch.bfloat16"):
+    with pytest.raises(backlight.OptionError, match=r"`autocast` must be None, torch\.bfloat16"):
         rise(model, x, 1, num_masks=8, autocast=torch.float64, progress=False)  # type: ignore[arg-type]
