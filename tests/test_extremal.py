@@ -342,3 +342,32 @@ def test_autocast_finds_the_same_patch() -> None:
     assert float(torch.corrcoef(torch.stack([mask.flatten(), exact.flatten()]))[0, 1]) > 0.9
     with pytest.raises(backlight.OptionError, match="`autocast` must be None"):
         extremal_perturbation(model, x, 0, max_iter=1, autocast=torch.int8, progress=False)  # type: ignore[arg-type]
+
+
+def test_autocast_on_a_model_that_cannot_take_channels_last() -> None:
+    """Under autocast the batch goes channels-last; a model that views its input gets the usual
+    layout and the same result as a copy of it that reshapes instead."""
+
+    class Views(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3 * 16 * 16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.view(x.shape[0], -1))
+
+    class Reshapes(Views):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    views, reshapes = Views(), Reshapes()
+    reshapes.load_state_dict(views.state_dict())
+    x = torch.randn(1, 3, 16, 16)
+    options = {"areas": [0.2], "max_iter": 5, "jitter": None, "autocast": torch.bfloat16, **SMALL}
+    with pytest.raises(RuntimeError, match="view"):
+        views(x.contiguous(memory_format=torch.channels_last))
+    got = extremal_perturbation(views, x, 1, **options)  # type: ignore[arg-type]
+    expected = extremal_perturbation(reshapes, x, 1, **options)  # type: ignore[arg-type]
+    torch.testing.assert_close(got.masks, expected.masks)
+    torch.testing.assert_close(got.scores, expected.scores)

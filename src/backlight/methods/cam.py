@@ -87,9 +87,9 @@ def _layer_capture(
     gradient: bool = True,
 ) -> Capture:
     """One pass capturing the layer's activation (and gradient), as feature maps (N, K, h, w)."""
-    model = check_model(model)
-    x = check_input(x, model)
     if layer is None:
+        model = check_model(model)
+        x = check_input(x, model)  # run() checks them otherwise
         if reshape is not None:
             raise OptionError(
                 f"{method}: `reshape` is given but `layer` is not; name the layer whose output "
