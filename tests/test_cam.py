@@ -187,6 +187,21 @@ def test_score_cam_matches_literal_reference(tiny64: TinyNet) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_score_cam_forward_batches_never_exceed_batch_size(tiny64: TinyNet) -> None:
+    """Memory is bounded by ``batch_size``: after the one clean pass over the input, every
+    forward pass sees at most ``batch_size`` masked images, however many channels there are."""
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    seen: list[int] = []
+    handle = tiny64.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        backlight.score_cam(tiny64, x, [1, 3], layer="conv3", batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    channels = tiny64.conv3.out_channels
+    assert seen[0] == 2 and max(seen[1:]) == 3
+    assert sum(seen[1:]) == 2 * channels  # one masked pass per image and channel
+
+
 def test_guided_grad_cam_matches_reference(tiny64: TinyNet) -> None:
     torch.manual_seed(13)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
