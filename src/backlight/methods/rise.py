@@ -237,9 +237,9 @@ def rise(
             multi-label models; TorchRay's choice), or ``None`` for the raw outputs.
         autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the masked forward passes under
             :func:`torch.autocast`, in reduced precision: 2 to 3 times faster on a CPU with
-            AMX (ResNet-18, see BENCHMARKS.md), also on GPUs. An approximation: the scores change by about
-            1e-2 relative, below the sampling noise of the masks, but the map is no longer the
-            float32 one. ``None`` (the default) keeps the model's precision.
+            AMX (ResNet-18, see BENCHMARKS.md), also on GPUs. An approximation: the scores
+            change by about 1e-2 relative, below the sampling noise of the masks, but the map
+            is no longer the float32 one. ``None`` (the default) keeps the model's precision.
         progress: show a progress bar on stderr.
 
     Returns:
