@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Any
 
@@ -52,9 +53,8 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
             f"`x` contains {bad} NaN or infinite value(s); clean the input (torch.nan_to_num) "
             "or find where they come from"
         )
-    reference = next(
-        (t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None
-    )
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    reference = next((t for t in tensors if t.is_floating_point()), None)
     if reference is not None:
         if reference.device != x.device:
             raise InputError(

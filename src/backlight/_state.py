@@ -30,11 +30,10 @@ def _acquire(
     for item in items:
         entry = registry.get(id(item))
         if entry is None:
-            registry[id(item)] = [item, getattr(item, attr), 1]
-            if attr == "requires_grad":
-                item.requires_grad_(value)  # type: ignore[attr-defined]
-            else:
-                setattr(item, attr, value)
+            original = getattr(item, attr)
+            registry[id(item)] = [item, original, 1]
+            if original != value:  # a module's setattr is slow: skip those already right
+                _set(item, attr, value)
         else:
             entry[2] = int(entry[2]) + 1  # type: ignore[call-overload]
 
@@ -45,10 +44,15 @@ def _release(registry: dict[int, list[object]], items: list[object], attr: str) 
         entry[2] = int(entry[2]) - 1  # type: ignore[call-overload]
         if entry[2] == 0:
             del registry[id(item)]
-            if attr == "requires_grad":
-                item.requires_grad_(bool(entry[1]))  # type: ignore[attr-defined]
-            else:
-                setattr(item, attr, entry[1])
+            if getattr(item, attr) != entry[1]:
+                _set(item, attr, bool(entry[1]))
+
+
+def _set(item: object, attr: str, value: bool) -> None:
+    if attr == "requires_grad":
+        item.requires_grad_(value)  # type: ignore[attr-defined]
+    else:
+        setattr(item, attr, value)
 
 
 @contextlib.contextmanager
