@@ -3,6 +3,7 @@ and nothing half-written."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.error
@@ -294,6 +295,60 @@ def test_demo_runs_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     for info in backlight.list_methods():  # every method, both images
         assert sum(f.split("_", 1)[-1] == f"{info.name}.png" for f in files) == 2
     assert "wrote" in capsys.readouterr().out
+
+
+TIMM = "mobilenetv3_small_050"  # a timm name that torchvision does not have; 1.6 M parameters
+
+
+def test_timm_model_with_random_weights(
+    tmp_path: Path, cat: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import timm
+
+    from backlight.cli._models import load_model
+
+    out = tmp_path / "out"
+    args = ["explain", str(cat), "--model", TIMM, "--weights", "random", "--size", "64"]
+    code = main([*args, "--method", "grad_cam", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert _files(out) == ["chelsea_grad_cam.png", "grid.png", "report.html"]
+    loaded = load_model(TIMM, "random")
+    config = timm.data.resolve_data_config({}, model=loaded.model)
+    assert loaded.preprocess.crop == config["input_size"][-1] == 224
+    assert loaded.preprocess.mean == tuple(config["mean"])
+    assert loaded.preprocess.std == tuple(config["std"])
+    again = load_model(TIMM, "random").model.state_dict()  # seeded: the same model every run
+    assert all(torch.equal(v, again[k]) for k, v in loaded.model.state_dict().items())
+
+
+def test_timm_model_with_a_state_dict_file(tmp_path: Path) -> None:
+    import timm
+
+    from backlight.cli._models import load_model
+
+    torch.manual_seed(5)
+    tuned = timm.create_model(TIMM, pretrained=False)
+    path = tmp_path / "tuned.pt"
+    torch.save(tuned.state_dict(), path)
+    loaded = load_model(TIMM, str(path)).model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in tuned.state_dict().items())
+
+
+def test_timm_pretrained_weights_offline_say_what_to_do(tmp_path: Path, cat: Path) -> None:
+    """A fresh process with the Hugging Face hub offline, as on a machine without network."""
+    done = subprocess.run(
+        [sys.executable, "-m", "backlight.cli", "explain", str(cat), "--model", TIMM, "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"could not create timm model {TIMM} with pretrained weights" in done.stderr
+    assert "--weights FILE or --weights random" in done.stderr
+    assert not (tmp_path / "backlight-out").exists()
 
 
 def test_console_script_is_installed(tmp_path: Path) -> None:

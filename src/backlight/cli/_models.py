@@ -130,6 +130,8 @@ def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
 
 def _load_timm(timm: Any, name: str, weights: str, size: int | None) -> LoadedModel:
     pretrained = weights == "DEFAULT"
+    if weights == "random":
+        torch.manual_seed(0)  # as for torchvision: the same random model every run
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as e:  # timm raises many kinds of errors when offline
