@@ -95,6 +95,15 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_autocast(value: Any) -> torch.dtype | None:
+    """The reduced precision of an ``autocast`` option: None, bfloat16 or float16."""
+    if value not in (None, torch.bfloat16, torch.float16):
+        raise OptionError(
+            f"`autocast` must be None, torch.bfloat16 or torch.float16, not {value!r}"
+        )
+    return value  # type: ignore[no-any-return]
+
+
 def check_fraction(name: str, value: Any, *, closed: bool = True) -> float:
     """A number in (0, 1], or in (0, 1) when not ``closed``."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeGuard
 
 import torch
 
@@ -68,9 +68,14 @@ def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
     return indices
 
 
+def is_score_function(target: Any) -> TypeGuard[Callable[[Any], torch.Tensor]]:
+    """Whether ``target`` is a callable ``output -> (N,) scores`` rather than class indices."""
+    return callable(target) and not isinstance(target, torch.Tensor)
+
+
 def select_scores(output: Any, target: Target) -> torch.Tensor:
     """The differentiable score per sample, shape (N,), that the explanation is about."""
-    if callable(target) and not isinstance(target, torch.Tensor):
+    if is_score_function(target):
         scores = target(output)
         if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else None
@@ -108,6 +113,14 @@ def _logits_shape(output: Any) -> tuple[int, int]:
 
 #: How model outputs become the scores of perturbation methods and metrics.
 Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
+
+
+def check_probability(probability: Any) -> Probability:
+    if probability not in ("softmax", "sigmoid", None):
+        raise OptionError(
+            f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
+        )
+    return probability  # type: ignore[no-any-return]
 
 
 def to_probability(output: Any, probability: Probability) -> Any:

@@ -19,15 +19,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model
+from .._checks import check_autocast, check_flag, check_input, check_model
 from .._checks import check_fraction as _fraction
 from .._checks import check_int as _integer
 from .._checks import check_positive_int as _positive_int
 from .._registry import register
 from .._state import explaining
-from .._targets import class_indices, select_scores
+from .._targets import callable_scores, class_indices, is_score_function, select_scores
 from .._types import Target
-from ..errors import OptionError, TargetError
+from ..errors import OptionError
 from ._extremal_ops import MaskGenerator, area_penalty, blur_pyramid, fade_pyramid, perturb
 
 __all__ = ["ExtremalResult", "extremal_perturbation"]
@@ -198,11 +198,8 @@ def extremal_perturbation(
     area_with_margin = check_flag("area_with_margin", area_with_margin)
     progress = check_flag("progress", progress)
     seed = _integer("seed", seed)
-    if autocast not in (None, torch.bfloat16, torch.float16):
-        raise OptionError(
-            f"`autocast` must be None, torch.bfloat16 or torch.float16, not {autocast!r}"
-        )
-    by_callable = callable(target) and not isinstance(target, torch.Tensor)
+    autocast = check_autocast(autocast)
+    by_callable = is_score_function(target)
     if by_callable and contrastive:
         raise OptionError(
             "`contrastive=True` needs class indices as `target`, not a callable; fold the "
@@ -323,14 +320,7 @@ def _scores(
                     output = model(batch)
             output = output.float() if isinstance(output, torch.Tensor) else output
         if classes is None:
-            scores = target(output)  # type: ignore[operator, misc]
-            if not isinstance(scores, torch.Tensor) or scores.shape != (batch.shape[0],):
-                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
-                raise TargetError(
-                    "a callable `target` must return a 1-D tensor with one score per perturbed "
-                    f"image ({batch.shape[0]}), got {got}"
-                )
-            rows.append(scores)
+            rows.append(callable_scores(target, output, batch.shape[0]))  # type: ignore[arg-type]
             continue
         logits: torch.Tensor = output
         label = classes[i].expand(batch.shape[0], 1)

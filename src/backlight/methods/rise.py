@@ -19,21 +19,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model
+from .._checks import check_autocast, check_flag, check_input, check_model
 from .._checks import check_fraction as _fraction
 from .._checks import check_int as _integer
 from .._checks import check_positive_int as _positive_int
 from .._registry import register
 from .._state import explaining
-from .._targets import Probability, callable_scores, class_indices, to_probability
+from .._targets import (
+    Probability,
+    callable_scores,
+    check_probability,
+    class_indices,
+    is_score_function,
+    to_probability,
+)
 from .._types import Target
-from ..errors import OptionError, TargetError
+from ..errors import TargetError
 
 __all__ = ["RiseMasks", "rise"]
 
 #: How model outputs become the scores that weight the masks.
-
-_PROBABILITIES = ("softmax", "sigmoid", None)
 
 
 class RiseMasks:
@@ -257,17 +262,11 @@ def rise(
     size = (int(x.shape[-2]), int(x.shape[-1]))
     masks = RiseMasks(size, num_masks=num_masks, cells=cells, p=p, seed=seed)
     batch_size = _positive_int("batch_size", batch_size)
-    if probability not in _PROBABILITIES:
-        raise OptionError(
-            f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
-        )
+    probability = check_probability(probability)
     progress = check_flag("progress", progress)
-    if autocast not in (None, torch.bfloat16, torch.float16):
-        raise OptionError(
-            f"`autocast` must be None, torch.bfloat16 or torch.float16, not {autocast!r}"
-        )
+    autocast = check_autocast(autocast)
     every_class = isinstance(target, str) and target == "all"
-    per_image = callable(target) and not isinstance(target, torch.Tensor)
+    per_image = is_score_function(target)
     n, _, height, width = x.shape
     x = x.detach()
     forward = _Forward(model, x, autocast)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .._checks import check_flag, check_input, check_model, check_positive_int
 from .._pipeline import run
 from .._registry import get_method, list_methods
-from .._targets import class_indices, per_sample
+from .._targets import class_indices, is_score_function, per_sample
 from .._types import Target
 from ..errors import OptionError
 
@@ -97,7 +97,7 @@ def smooth_grad(
     progress = check_flag("progress", progress)
 
     classes: Any
-    if callable(target) and not isinstance(target, torch.Tensor):
+    if is_score_function(target):
         classes = target
     elif target is None:  # the classes predicted for the clean input
         classes = class_indices(run(model, x, None, gradient=False).output, None)

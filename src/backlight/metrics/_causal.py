@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 
 from .._checks import check_input, check_model
 from .._state import explaining
-from .._targets import Probability, callable_scores, class_indices, to_probability
+from .._targets import (
+    Probability,
+    callable_scores,
+    check_probability,
+    class_indices,
+    is_score_function,
+    to_probability,
+)
 from .._types import Target
 from ..errors import InputError, OptionError, TargetError
 from ._common import flag, positive_int, resize_maps, saliency_batch
@@ -237,11 +244,8 @@ def _run(
     steps = positive_int("steps", steps)
     batch_size = positive_int("batch_size", batch_size)
     progress = flag("progress", progress)
-    if probability not in ("softmax", "sigmoid", None):
-        raise OptionError(
-            f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
-        )
-    per_image = callable(target) and not isinstance(target, torch.Tensor)
+    probability = check_probability(probability)
+    per_image = is_score_function(target)
     if per_image and probability is not None:
         raise TargetError(
             "a callable `target` receives the model's output as it is; pass probability=None "
