@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,6 +25,17 @@ def _no_leaked_rule_modes():
     """No test may leave a backward-rule mode on this thread's torch-function stack."""
     yield
     assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """For modules of tiny models: one thread runs them faster than two, and does not slow down
+    a hundredfold when other processes keep the cores busy (OpenMP threads then wait for each
+    other at every operator)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

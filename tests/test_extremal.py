@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,15 +22,7 @@ from .nets import TinyNet
 SMALL = {"step": 2, "sigma": 4.0, "max_blur": 8.0, "progress": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The models here are tiny: one thread runs them faster than two, and does not slow down
-    a hundredfold when other processes keep the cores busy (OpenMP threads then wait for
-    each other at every operator)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PatchNet(nn.Module):

@@ -3,8 +3,6 @@ TorchRay, and its promises: seeded, batch-size independent, bounded memory, quie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -17,16 +15,7 @@ from backlight.methods.rise import RiseMasks, rise
 
 from .nets import TinyNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The models here are tiny: one thread runs them faster than two, and does not slow down
-    a hundredfold when other processes keep the cores busy (OpenMP threads then wait for
-    each other at every operator)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PatchMean(nn.Module):
