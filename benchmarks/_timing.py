@@ -115,3 +115,11 @@ def stamp(script: str, argv: list[str] | None) -> str:
         f"load average before the run {os.getloadavg()[0]:.2f}. Contenders interleaved in a "
         "new random order each round."
     )
+
+
+def publish(table: str, markdown: str | None) -> None:
+    """Print the table, and append it to the Markdown file ``markdown`` if one is given."""
+    print(table)
+    if markdown:
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write("\n" + table)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 
 import backlight
-from _timing import interleave, peak_memory, ratio_table, stamp
+from _timing import interleave, peak_memory, publish, ratio_table, stamp
 
 
 def grad_cam_contenders(
@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     text = "\n".join(out)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(text, args.markdown)
     return 0
 
 

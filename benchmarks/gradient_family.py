@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 import backlight
-from _timing import interleave, ratio_table, stamp
+from _timing import interleave, publish, ratio_table, stamp
 
 BOUND = "bound: forward + autograd.grad(input)"
 
@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         *ratio_table(times, BOUND),
     ]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, args.markdown)
     return 0
 
 

@@ -50,6 +50,7 @@ import torchvision
 from torch import nn
 
 import backlight
+from _timing import publish
 from backlight.methods.extremal import extremal_perturbation as backlight_extremal
 from backlight.methods.rise import RiseMasks
 from backlight.methods.rise import rise as backlight_rise
@@ -1118,10 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = " ".join(["python benchmarks/peers.py", *argv])
     table = render(rows, s, command, load, args.quick)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, args.markdown)
     return 0
 
 

@@ -38,6 +38,7 @@ import torchvision
 
 import backlight.methods.extremal
 import backlight.methods.rise
+from _timing import publish
 
 
 def rise_contenders(
@@ -220,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "`autocast=torch.bfloat16` (reduced precision).",
         ]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, args.markdown)
     return 0
 
 

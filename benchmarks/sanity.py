@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from _timing import publish
 from backlight.data import make_batch
 from backlight.demo import CAM_LAYER, load_demo_model
 from backlight.metrics import randomization
@@ -60,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(text, args.markdown)
     return 0
 
 

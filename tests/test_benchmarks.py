@@ -231,7 +231,10 @@ def test_peers_prints_its_command_and_context(peers_markdown: str) -> None:
 
 @functools.cache
 def _peers_module() -> Any:
-    """benchmarks/peers.py imported in this process (it imports the peers only when it runs)."""
+    """benchmarks/peers.py imported in this process (it imports the peers only when it runs),
+    with benchmarks/ on the import path as when it runs as a script (for its helper _timing)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("peers_benchmark", BENCHMARKS / "peers.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
