@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torchvision
 
 
 def _status(field: str) -> int:
@@ -123,3 +124,16 @@ def publish(table: str, markdown: str | None) -> None:
     if markdown:
         with open(markdown, "a", encoding="utf-8") as f:
             f.write("\n" + table)
+
+
+def random_setup(
+    model_name: str, batch: int, size: int, threads: int
+) -> tuple[torch.nn.Module, torch.Tensor, list[int]]:
+    """The torchvision ``model_name`` with seeded random weights in eval mode, a seeded random
+    batch ``(batch, 3, size, size)`` and one ImageNet class per image, all different."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, model_name)(weights=None).eval()
+    x = torch.randn(batch, 3, size, size)
+    target = [(37 * i + 11) % 1000 for i in range(batch)]
+    return model, x, target

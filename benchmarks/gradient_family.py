@@ -18,10 +18,9 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torchvision
 
 import backlight
-from _timing import interleave, publish, ratio_table, stamp
+from _timing import interleave, publish, random_setup, ratio_table, stamp
 
 BOUND = "bound: forward + autograd.grad(input)"
 
@@ -72,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore")  # Captum warns on every call that it sets hooks
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, args.model)(weights=None).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    target = [(37 * i + 11) % 1000 for i in range(args.batch)]
+    model, x, target = random_setup(args.model, args.batch, args.size, args.threads)
     runs = contenders(model, x, target)
     times = interleave(runs, args.rounds, model)
     lines = [

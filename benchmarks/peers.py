@@ -50,7 +50,7 @@ import torchvision
 from torch import nn
 
 import backlight
-from _timing import publish
+from _timing import publish, random_setup
 from backlight.methods.extremal import extremal_perturbation as backlight_extremal
 from backlight.methods.rise import RiseMasks
 from backlight.methods.rise import rise as backlight_rise
@@ -1104,11 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     args, s, methods = parse(argv)
     load = os.getloadavg()
     warnings.filterwarnings("ignore")  # Captum warns on every call; TorchRay's deprecations
-    torch.set_num_threads(s.threads)
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, s.model)(weights=None).eval()
-    x = torch.randn(s.batch, 3, s.size, s.size)
-    target = [(37 * i + 11) % 1000 for i in range(s.batch)]
+    model, x, target = random_setup(s.model, s.batch, s.size, s.threads)
     s = with_default_layers(s, model, x)
 
     rows, copies = build_rows(model, x, target, s, methods)
