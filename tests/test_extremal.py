@@ -13,7 +13,7 @@ from torch import nn
 
 import backlight
 from backlight.methods import extremal
-from backlight.methods._extremal_ops import MaskGenerator, blur_pyramid, perturb
+from backlight.methods._extremal_ops import MaskGenerator, area_penalty, blur_pyramid, perturb
 from backlight.methods.extremal import extremal_perturbation
 
 from .nets import TinyNet
@@ -104,6 +104,49 @@ def test_smooth_max_gradient_is_exact(margin: bool) -> None:
         return generator(p, weights, margin=margin)[1 if margin else 0]
 
     assert torch.autograd.gradcheck(masks, (params,))
+
+
+def _sorted_penalty(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The area penalty as the paper writes it and TorchRay computes it: sort, then compare."""
+    values = full.reshape(full.shape[0], -1).sort(dim=1).values
+    size = values.shape[1]
+    reference = (torch.arange(size) >= size - kept[:, None]).to(values.dtype)
+    return ((values - reference) ** 2).mean(dim=1)
+
+
+@pytest.mark.parametrize("ties", ["none", "at the cut", "away from the cut", "all"])
+def test_area_penalty_equals_the_sorted_formula(ties: str) -> None:
+    """The penalty without a full sort: the same gradient bit for bit and the same value to
+    rounding, whether or not values are tied, at the cut (where the sort's order decides) or
+    elsewhere (where it does not)."""
+    generator = torch.Generator().manual_seed(0)
+    full = torch.rand(4, 30, 30, generator=generator)
+    kept = torch.tensor([40, 90, 450, 800])  # the cut falls between ranks 859|860, ... 99|100
+    if ties == "at the cut":
+        for row, count in zip(full.view(4, -1), kept.tolist(), strict=True):
+            order = row.argsort()
+            row[order[900 - count - 10 : 900 - count + 10]] = float(row[order[900 - count]])
+    elif ties == "away from the cut":
+        full[:, :3] = 0.0  # 90 zeros, ranks 0..89
+        full[:, -1] = 1.0  # 30 ones, ranks 870..899
+    elif ties == "all":
+        full = torch.ones(4, 30, 30)
+    ranked = full.view(4, -1).sort(dim=1).values
+    rows = torch.arange(4)
+    across = ranked[rows, 899 - kept] == ranked[rows, 900 - kept]
+    assert bool(across.all()) if ties in ("at the cut", "all") else not bool(across.any())
+    ours, theirs = (full.clone().requires_grad_(True) for _ in range(2))
+    got, expected = area_penalty(ours, kept), _sorted_penalty(theirs, kept)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    got.sum().backward()
+    expected.sum().backward()
+    assert torch.equal(ours.grad, theirs.grad)  # type: ignore[arg-type]
+
+
+def test_area_penalty_of_an_empty_area() -> None:
+    full = torch.rand(1, 5, 5, requires_grad=True)
+    penalty = area_penalty(full, torch.tensor([0]))
+    torch.testing.assert_close(penalty, (full**2).mean().reshape(1))
 
 
 @pytest.mark.parametrize(
