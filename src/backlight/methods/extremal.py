@@ -11,7 +11,7 @@ a pass of their own, so a batch gives exactly the masks its images give one at a
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -29,6 +29,7 @@ from .._targets import callable_scores, class_indices, is_score_function, select
 from .._types import Target
 from ..errors import OptionError
 from ._extremal_ops import MaskGenerator, area_penalty, blur_pyramid, fade_pyramid, perturb
+from ._forward import Forward
 
 __all__ = ["ExtremalResult", "extremal_perturbation"]
 
@@ -231,6 +232,8 @@ def extremal_perturbation(
             [counted - int(counted * (1 - area)) for area in area_list] * n, device=x.device
         )
         history = x.new_empty(n * a, 2, max_iter)
+        # under autocast: channels-last batches and a copy of the model with its weights cast
+        forward = Forward(model, x, autocast=autocast, channels_last=autocast is not None)
         velocity: torch.Tensor | None = None
         weight = _PENALTY_WEIGHT
         with (
@@ -243,7 +246,7 @@ def extremal_perturbation(
                 images = _perturbed(pyramid, steps, mask, variant, n, a)
                 if flips[t]:
                     images = images.flip(dims=(4,))
-                scores = _scores(model, images, classes, target, contrastive, autocast)
+                scores = _scores(forward, images, classes, target, contrastive)
                 reward = _reward(scores, variant, a)
                 penalty = -weight * area_penalty(mask if full is None else full, kept)
                 energy = (reward + penalty).sum()
@@ -262,7 +265,7 @@ def extremal_perturbation(
         with torch.no_grad():
             masks = mask.detach()
             final = _perturbed(pyramid, steps, masks, variant, n, a)[:, :a]
-            final_scores = _scores(model, final, classes, target, contrastive, None)
+            final_scores = _scores(model, final, classes, target, contrastive)
     return ExtremalResult(
         masks=masks.view(n, a, height, width).clone(),
         scores=final_scores.detach().clone(),
@@ -291,34 +294,22 @@ def _perturbed(
 
 
 def _scores(
-    model: nn.Module,
+    forward: Callable[[torch.Tensor], Any],
     images: torch.Tensor,
     classes: torch.Tensor | None,
     target: Target,
     contrastive: bool,
-    autocast: torch.dtype | None,
 ) -> torch.Tensor:
     """The target's score of every perturbed image, (N, copies · A).
 
     Each input's images go through the model in a forward pass of their own: the arithmetic of
     a forward pass can depend on the batch size (oneDNN picks its kernels by shape), and the
-    area penalty's sort makes the optimisation sensitive to the last bit, so one pass per
+    area penalty's ranking makes the optimisation sensitive to the last bit, so one pass per
     input is what makes a batch give exactly the masks of its inputs run one at a time.
     """
     rows = []
     for i, batch in enumerate(images):
-        if autocast is None:
-            output = model(batch)
-        else:
-            # oneDNN's reduced-precision kernels want channels-last (a third faster here); a
-            # model that cannot take that layout (``x.view`` on its input) gets the usual one.
-            try:
-                with torch.autocast(batch.device.type, dtype=autocast):
-                    output = model(batch.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                with torch.autocast(batch.device.type, dtype=autocast):
-                    output = model(batch)
-            output = output.float() if isinstance(output, torch.Tensor) else output
+        output = forward(batch)
         if classes is None:
             rows.append(callable_scores(target, output, batch.shape[0]))  # type: ignore[arg-type]
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from .._targets import (
 )
 from .._types import Target
 from ..errors import TargetError
+from ._forward import Forward
 
 __all__ = ["RiseMasks", "rise"]
 
@@ -151,44 +152,6 @@ def _mirror(i: int, n: int) -> int:
     return period - i if i >= n else i
 
 
-class _Forward:
-    """The masked forward passes, in channels-last layout on CPU for convolutional models.
-
-    oneDNN's convolutions and pooling run two to three times faster on channels-last batches;
-    the values are the same up to rounding. A model that cannot take that layout (one that calls
-    ``x.view`` on its input) raises on the first batch, which is then retried in the usual layout,
-    and the usual layout is kept.
-    """
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None) -> None:
-        self.model = model
-        self.x = x
-        self.first = True
-        self.images = x
-        self.autocast = autocast
-        if x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            self.images = x.contiguous(memory_format=torch.channels_last)
-
-    def _run(self, i: int, masks: torch.Tensor) -> Any:
-        if self.autocast is None:
-            return self.model(self.images[i : i + 1] * masks)
-        with torch.autocast(self.x.device.type, dtype=self.autocast):
-            out = self.model(self.images[i : i + 1] * masks)
-        return out.float() if isinstance(out, torch.Tensor) else out
-
-    def __call__(self, i: int, masks: torch.Tensor) -> Any:
-        if not self.first:
-            return self._run(i, masks)
-        self.first = False
-        try:
-            return self._run(i, masks)
-        except RuntimeError:
-            if self.images is self.x:
-                raise
-            self.images = self.x
-        return self._run(i, masks)
-
-
 @register(
     "rise",
     family="perturbation",
@@ -269,9 +232,11 @@ def rise(
     per_image = is_score_function(target)
     n, _, height, width = x.shape
     x = x.detach()
-    forward = _Forward(model, x, autocast)
 
     with explaining(model), torch.inference_mode():
+        forward = Forward(model, x, autocast=autocast, channels_last=True)
+        # masked batches come out in the layout the model is fed (the product keeps it)
+        images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
         scores = to_probability(model(x), probability)
         if every_class:
             if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
@@ -294,7 +259,7 @@ def rise(
                 batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
                 flat = batch.reshape(stop - start, height * width)
                 for i in range(n):
-                    output = to_probability(forward(i, batch), probability)
+                    output = to_probability(forward(images[i : i + 1] * batch), probability)
                     if every_class:
                         weights = output.T  # (K, B)
                     elif per_image:
