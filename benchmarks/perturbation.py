@@ -41,16 +41,21 @@ import backlight.methods.rise
 from _timing import publish
 
 
+def masked_batches(x: torch.Tensor, num_masks: int, batch_size: int) -> list[torch.Tensor]:
+    """The image times RISE's masks, batch by batch, computed in advance (NCHW)."""
+    masks = backlight.methods.rise.RiseMasks(x.shape[-2:], num_masks=num_masks)  # type: ignore[arg-type]
+    return [
+        x * masks.render(start, min(start + batch_size, num_masks))
+        for start in range(0, num_masks, batch_size)
+    ]
+
+
 def rise_contenders(
     model: torch.nn.Module, x: torch.Tensor, num_masks: int, batch_size: int
 ) -> dict[str, Callable[[], object]]:
     from torchray.attribution.rise import rise as torchray_rise
 
-    masks = backlight.methods.rise.RiseMasks(x.shape[-2:], num_masks=num_masks)  # type: ignore[arg-type]
-    batches = [
-        x * masks.render(start, min(start + batch_size, num_masks))
-        for start in range(0, num_masks, batch_size)
-    ]
+    batches = masked_batches(x, num_masks, batch_size)
     last = [b.contiguous(memory_format=torch.channels_last) for b in batches]
 
     def bare(layout: list[torch.Tensor]) -> Callable[[], object]:

@@ -107,6 +107,11 @@ RUNS = {
             "1",
         ],
     ),
+    "forward_ceiling": (
+        "forward_ceiling.py",
+        ["--size", "32", "--masks", "8", "--batch-size", "4", "--rounds", "1", "--threads", "1"]
+        + ["--no-compile"],
+    ),
 }
 
 
@@ -261,7 +266,8 @@ def test_peers_rejects_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
-    ("name", "tables"), [("gradient_family", 1), ("cam", 2), ("perturbation", 2)]
+    ("name", "tables"),
+    [("gradient_family", 1), ("cam", 2), ("perturbation", 2), ("forward_ceiling", 1)],
 )
 def test_other_benchmark_scripts(name: str, tables: int, runs: dict[str, Run]) -> None:
     run = runs[name]
