@@ -148,7 +148,9 @@ class SmoothMax(torch.autograd.Function):
             ra, re = a[: r1 - r0], e[: r1 - r0]
             torch.mul(nodes[r0:r1], hot, out=ra)
             torch.exp(ra, out=re)
-            term = torch.addcmul(offset[r0:r1], ra, slope[r0:r1], out=ra)
+            # two passes with one broadcast operand each: vectorised, where addcmul with two
+            # is not (1.7 times slower)
+            term = ra.mul_(slope[r0:r1]).add_(offset[r0:r1])
             term.mul_(re).mul_(weights)
             torch.sum(term, dim=1, out=result[r0:r1])
         return result.view(b, cy, cx, k).permute(0, 3, 1, 2), None
