@@ -105,6 +105,23 @@ def ratio_table(
     return rows
 
 
+def median_table(
+    times: dict[str, list[float]], time_column: str, columns: dict[str, Callable[[float], str]]
+) -> list[str]:
+    """Markdown rows: each contender's median time (``time_column``) and one more cell per entry
+    of ``columns``, computed from that median."""
+    rows = [
+        "| contender | " + " | ".join([time_column, *columns]) + " |",
+        "| --- |" + " ---: |" * (1 + len(columns)),
+    ]
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        digits = 3 if t < 10 else 2
+        cells = [f"{t:.{digits}f}", *(cell(t) for cell in columns.values())]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def stamp(script: str, argv: list[str] | None) -> str:
     """The command, machine, torch version, date and load: how the table was made."""
     import platform

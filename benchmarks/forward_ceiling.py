@@ -37,7 +37,7 @@ import torch
 import torch.fx.experimental.optimization as fx_optimization
 import torchvision
 
-from _timing import interleave, publish, stamp
+from _timing import interleave, median_table, publish, stamp
 from perturbation import masked_batches, rise_contenders
 
 TORCHRAY = "torchray rise"
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         header,
         "",
-        "| contender | median time (s) | ratio: TorchRay's time over this |",
-        "| --- | ---: | ---: |",
+        *median_table(
+            times,
+            "median time (s)",
+            {"ratio: TorchRay's time over this": lambda t: f"{reference / t:.2f}"},
+        ),
+        "",
     ]
-    for name, ts in times.items():
-        median = statistics.median(ts)
-        lines.append(f"| {name} | {median:.3f} | {reference / median:.2f} |")
-    lines.append("")
     lines.append(
         "One-off costs, not in the table: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in setup.items())

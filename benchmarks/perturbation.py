@@ -38,7 +38,7 @@ import torchvision
 
 import backlight.methods.extremal
 import backlight.methods.rise
-from _timing import publish
+from _timing import median_table, publish
 
 
 def masked_batches(x: torch.Tensor, num_masks: int, batch_size: int) -> list[torch.Tensor]:
@@ -102,18 +102,22 @@ def extremal_contenders(
     one_hot = torch.zeros(len(areas), 1000)
     one_hot[:, 7] = 1.0
 
-    def bare(iterations: int) -> object:
-        for _ in range(iterations):
-            inp = images.clone().requires_grad_(True)
-            torch.autograd.grad(model(inp), inp, one_hot)
-        return None
+    def bare(layout: torch.memory_format) -> Callable[[int], object]:
+        def run(iterations: int) -> object:
+            for _ in range(iterations):
+                inp = images.contiguous(memory_format=layout).requires_grad_(True)
+                torch.autograd.grad(model(inp), inp, one_hot)
+            return None
+
+        return run
 
     def theirs(iterations: int) -> object:
         # TorchRay leaves the parameters frozen and warns about torch.meshgrid: work on a copy
         return torchray_ep(copy.deepcopy(model), x, 7, areas=areas, max_iter=iterations)
 
     return {
-        "bare: forward + input gradient, one image per area": bare,
+        "bare: forward + input gradient, one image per area": bare(torch.contiguous_format),
+        "bare: the same, channels-last": bare(torch.channels_last),
         "backlight.extremal_perturbation": lambda iterations: (
             backlight.methods.extremal.extremal_perturbation(
                 model, x, 7, areas=areas, max_iter=iterations, progress=False
@@ -188,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"RISE, {args.masks} masks in batches of {args.batch_size}:",
             "",
-            "| contender | median time (s) | ratio to bare NCHW | ratio to bare channels-last |",
-            "| --- | ---: | ---: | ---: |",
         ]
-        for name, ts in rise_times.items():
-            t = statistics.median(ts)
-            lines.append(f"| {name} | {t:.2f} | {t / bare:.2f} | {t / bare_last:.2f} |")
+        lines += median_table(
+            rise_times,
+            "median time (s)",
+            {
+                "ratio to bare NCHW": lambda t: f"{t / bare:.2f}",
+                "ratio to bare channels-last": lambda t: f"{t / bare_last:.2f}",
+            },
+        )
         torchray = statistics.median(rise_times["torchray rise"])
         fast = statistics.median(rise_times["backlight.rise, autocast bfloat16 (an approximation)"])
         lines += [
@@ -210,12 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Extremal perturbation, areas {args.areas}, time per iteration "
             f"(runs of {args.long} minus runs of {args.short} iterations):",
             "",
-            "| contender | median s / iteration | ratio to bare |",
-            "| --- | ---: | ---: |",
         ]
-        for name, ts in ep_times.items():
-            t = statistics.median(ts)
-            lines.append(f"| {name} | {t:.3f} | {t / bare:.2f} |")
+        lines += median_table(
+            ep_times, "median s / iteration", {"ratio to bare": lambda t: f"{t / bare:.2f}"}
+        )
         fast = statistics.median(
             ep_times["backlight.extremal_perturbation, autocast bfloat16 (an approximation)"]
         )

@@ -109,8 +109,19 @@ RUNS = {
     ),
     "forward_ceiling": (
         "forward_ceiling.py",
-        ["--size", "32", "--masks", "8", "--batch-size", "4", "--rounds", "1", "--threads", "1"]
-        + ["--no-compile"],
+        [
+            "--size",
+            "32",
+            "--masks",
+            "8",
+            "--batch-size",
+            "4",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--no-compile",
+        ],
     ),
 }
 
