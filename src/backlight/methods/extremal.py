@@ -158,7 +158,8 @@ def extremal_perturbation(
         seed: seed of the ``"random"`` jitter.
         autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the model's forward and
             backward passes of the optimisation under :func:`torch.autocast`, in reduced
-            precision, channels-last on CPU: about 2 times faster per iteration on a CPU
+            precision, channels-last on CPU, on a private copy of the model whose convolution
+            and linear weights are cast once: about 2 times faster per iteration on a CPU
             with AMX (ResNet-18, see BENCHMARKS.md), also on GPUs. An approximation: the masks
             differ from the float32 ones about as much as two runs whose ties break
             differently. The final scores are computed in full precision.

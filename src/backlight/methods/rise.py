@@ -204,7 +204,8 @@ def rise(
         probability: ``"softmax"`` (class probabilities, as in the paper), ``"sigmoid"`` (for
             multi-label models; TorchRay's choice), or ``None`` for the raw outputs.
         autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the masked forward passes under
-            :func:`torch.autocast`, in reduced precision: 2 to 3 times faster on a CPU with
+            :func:`torch.autocast`, in reduced precision, on a private copy of the model whose
+            convolution and linear weights are cast once: about 3.5 times faster on a CPU with
             AMX (ResNet-18, see BENCHMARKS.md), also on GPUs. An approximation: the scores
             change by about 1e-2 relative, below the sampling noise of the masks, but the map
             is no longer the float32 one. ``None`` (the default) keeps the model's precision.
