@@ -260,7 +260,8 @@ def rise(
                 batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
                 flat = batch.reshape(stop - start, height * width)
                 for i in range(n):
-                    output = to_probability(forward(images[i : i + 1] * batch), probability)
+                    source = images if forward.channels_last else x  # x after a fallback
+                    output = to_probability(forward(source[i : i + 1] * batch), probability)
                     if every_class:
                         weights = output.T  # (K, B)
                     elif per_image:
