@@ -235,9 +235,6 @@ def rise(
     x = x.detach()
 
     with explaining(model), torch.inference_mode():
-        forward = Forward(model, x, autocast=autocast, channels_last=True)
-        # masked batches come out in the layout the model is fed (the product keeps it)
-        images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
         scores = to_probability(model(x), probability)
         if every_class:
             if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
@@ -254,6 +251,9 @@ def rise(
             classes = class_indices(scores, target)  # type: ignore[arg-type]
             saliency = x.new_zeros(n, 1, height * width)
 
+        forward = Forward(model, x, autocast=autocast, channels_last=True)
+        # masked batches come out in the layout the model is fed (the product keeps it)
+        images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
         with tqdm(total=masks.num_masks * n, desc="RISE", unit="mask", disable=not progress) as bar:
             for start in range(0, masks.num_masks, batch_size):
                 stop = min(start + batch_size, masks.num_masks)
