@@ -18,6 +18,7 @@ from skimage import data
 
 import backlight
 from backlight.cli import main
+from backlight.cli._explain import _setting_value
 
 FAST = ["--model", "resnet18", "--weights", "random", "--size", "64", "--quiet"]
 
@@ -147,6 +148,55 @@ def test_usage_errors_exit_2(
     assert code == 2, err
     assert message in err
     assert err.count("\n") == 1
+    assert _files(out) == []
+
+
+def test_method_options_with_set(tmp_path: Path, cat: Path) -> None:
+    """``--set`` reaches the methods: a bare name every method that takes it, METHOD.NAME one
+    method; the report lists what each method ran with."""
+    out = tmp_path / "out"
+    settings = ["rise.num_masks=8", "max_iter=2", "autocast=bfloat16", "extremal.areas=0.05,0.2"]
+    args = ["explain", str(cat), *FAST, "--method", "rise,extremal", "--out", str(out)]
+    assert main(args + [part for s in settings for part in ("--set", s)]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "num_masks = 8" in page and "areas = [0.05, 0.2]" in page
+    assert page.count("autocast = torch.bfloat16") == 2 and page.count("max_iter = 2") == 1
+
+
+def test_setting_values() -> None:
+    value = _setting_value
+    assert [value("true"), value("False"), value("none"), value("12"), value("0.5")] == [
+        True,
+        False,
+        None,
+        12,
+        0.5,
+    ]
+    assert value("bfloat16") is torch.bfloat16 and value("float16") is torch.float16
+    assert value("0.05, 0.1,") == [0.05, 0.1] and value("softmax") == "softmax"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("nummasks=8", "--set 'nummasks=8': no option 'nummasks' for rise; did you mean num_masks"),
+        ("grad_cam.relu=false", "--set 'grad_cam.relu=false': grad_cam is not among the --method"),
+        ("gradcamm.relu=false", "unknown method 'gradcamm'; did you mean 'gradcam'"),
+        ("layer=layer4", "--set 'layer=layer4': use --layer instead"),
+        ("num_masks", "--set 'num_masks': write NAME=VALUE or METHOD.NAME=VALUE"),
+        ("rise.num_masks=-3", "rise: `num_masks` must be a positive int"),
+    ],
+    ids=["unknown-option", "method-not-chosen", "unknown-method", "own-flag", "no-value", "bad"],
+)
+def test_bad_settings_exit_2(
+    tmp_path: Path, cat: Path, setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["explain", str(cat), *FAST, "--method", "rise", "--out", str(out), "--set", setting]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1
     assert _files(out) == []
 
 

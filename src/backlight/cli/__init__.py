@@ -19,7 +19,7 @@ from torch import nn
 
 from .._registry import list_methods
 from ._errors import CliError, Failure, UsageError
-from ._explain import Job, compute, load_images, parse_methods, parse_target, write
+from ._explain import Job, compute, load_images, parse_methods, parse_settings, parse_target, write
 from ._models import load_model
 
 __all__ = ["main"]
@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="cheap settings for the slow methods (fewer masks, iterations)",
+    )
+    explain.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[METHOD.]NAME=VALUE",
+        help="a method option, e.g. num_masks=4000, autocast=bfloat16, "
+        "extremal_perturbation.areas=0.05,0.1 (repeatable; see `backlight methods`)",
     )
     explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
@@ -108,6 +116,7 @@ def _categories(args: argparse.Namespace, default: list[str] | None) -> list[str
 
 def _explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
+    overrides = parse_settings(args.set, methods)
     loaded = load_model(args.model, args.weights, size=args.size)
     names, shown, x = load_images(args.images, loaded.preprocess)
     categories = _categories(args, loaded.categories)
@@ -125,6 +134,7 @@ def _explain(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=not args.quiet,
         title=f"backlight: {loaded.name} ({loaded.weights})",
+        overrides=overrides,
     )
     return _run(job, Path(args.out), args.quiet)
 

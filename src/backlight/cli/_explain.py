@@ -41,6 +41,74 @@ def parse_methods(text: str) -> list[MethodInfo]:
     return methods
 
 
+# Options that have flags of their own (or that the command sets itself).
+_OWN_FLAGS = {"layer": "--layer", "progress": "--quiet"}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_settings(
+    texts: Sequence[str], methods: Sequence[MethodInfo]
+) -> dict[str, dict[str, Any]]:
+    """``--set NAME=VALUE`` / ``--set METHOD.NAME=VALUE`` -> options per method name.
+
+    A bare NAME goes to every chosen method that takes it; METHOD.NAME to that method only.
+    Values: ``true``/``false``, ``none``, integers, decimals, ``bfloat16``/``float16`` (for
+    ``autocast``), comma-separated lists of these, or else the text itself. Whether a value suits
+    the option is the method's own check, when it runs.
+    """
+    settings: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {text!r}: write NAME=VALUE or METHOD.NAME=VALUE")
+        prefix, _, name = key.rpartition(".")
+        chosen = list(methods)
+        if prefix:
+            try:
+                wanted = get_method(prefix).name
+            except OptionError as e:
+                raise UsageError(f"--set {text!r}: {e}") from e
+            chosen = [m for m in methods if m.name == wanted]
+            if not chosen:
+                raise UsageError(f"--set {text!r}: {wanted} is not among the --method names")
+        if name in _OWN_FLAGS:
+            raise UsageError(f"--set {text!r}: use {_OWN_FLAGS[name]} instead")
+        takers = [m for m in chosen if name in m.options]
+        if not takers:
+            known = sorted({o for m in chosen for o in m.options} - set(_OWN_FLAGS))
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = (
+                f"; did you mean {', '.join(close)}?"
+                if close
+                else f"; they take {', '.join(known) or 'none'}"
+            )
+            names = ", ".join(m.name for m in chosen)
+            raise UsageError(f"--set {text!r}: no option {name!r} for {names}{hint}")
+        value = _setting_value(raw.strip())
+        for method in takers:
+            settings.setdefault(method.name, {})[name] = value
+    return settings
+
+
+def _setting_value(text: str) -> Any:
+    if "," in text:
+        return [_setting_value(part.strip()) for part in text.split(",") if part.strip()]
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    if lowered in _DTYPES:
+        return _DTYPES[lowered]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_target(text: str | None, categories: Sequence[str] | None, classes: int) -> int | None:
     """An index, or a class name (case-insensitive; a unique prefix or substring will do)."""
     if text is None:
