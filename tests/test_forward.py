@@ -47,7 +47,8 @@ def test_the_model_is_untouched() -> None:
         name: (p.data_ptr(), p.dtype, p.requires_grad) for name, p in model.named_parameters()
     }
     with explaining(model):
-        copy = reduced_precision_copy(model, torch.bfloat16)
+        copy = reduced_precision_copy(model, torch.bfloat16, channels_last=True)
+        plain = reduced_precision_copy(model, torch.bfloat16)
     assert {n: (p.data_ptr(), p.dtype, p.requires_grad) for n, p in model.named_parameters()} == (
         before
     )
@@ -55,6 +56,7 @@ def test_the_model_is_untouched() -> None:
     cast = dict(copy.named_parameters())
     assert cast["conv1.weight"].dtype == torch.bfloat16
     assert cast["conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert dict(plain.named_parameters())["conv1.weight"].is_contiguous()  # for NCHW batches
     assert cast["fc.weight"].dtype == cast["fc.bias"].dtype == torch.bfloat16
     assert cast["bn1.weight"].dtype == torch.float32  # batch norm is left to autocast
     assert not any(p.requires_grad for p in copy.parameters()) and not copy.training
@@ -125,3 +127,28 @@ def test_an_error_of_the_model_itself_is_raised() -> None:
     forward = Forward(Broken(), torch.randn(1, 3, 4, 4), autocast=None, channels_last=False)
     with pytest.raises(RuntimeError, match="broken model"):
         forward(torch.randn(1, 3, 4, 4))
+
+
+def test_a_model_that_views_a_feature_map_falls_back_to_itself() -> None:
+    """The classic ``x.view(N, -1)`` after the convolutions cannot take a channels-last feature
+    map: the first batch raises on the shortcuts and runs, like every later one, on the model
+    itself in the usual layout, with plain autocast's result."""
+
+    class ViewsFeatures(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.conv(x).relu()
+            return self.fc(f.view(f.shape[0], -1))
+
+    torch.manual_seed(0)
+    model, x = ViewsFeatures(), torch.randn(2, 3, 8, 8)
+    with explaining(model):
+        forward = Forward(model, x, autocast=torch.bfloat16, channels_last=True)
+        got = [forward(x), forward(x)]
+        expected = _plain(model, x, torch.contiguous_format)
+    assert forward.fast is model and not forward.channels_last
+    assert all(torch.equal(g, expected) for g in got)

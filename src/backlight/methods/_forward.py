@@ -51,7 +51,11 @@ class Forward:
         self.first = True
         convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self.channels_last = channels_last and x.device.type == "cpu" and convolutional
-        self.fast = model if autocast is None else reduced_precision_copy(model, autocast)
+        self.fast = (
+            model
+            if autocast is None
+            else reduced_precision_copy(model, autocast, channels_last=self.channels_last)
+        )
 
     def __call__(self, batch: torch.Tensor) -> Any:
         if not self.first:
@@ -75,10 +79,14 @@ class Forward:
         return out.float() if isinstance(out, torch.Tensor) else out
 
 
-def reduced_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def reduced_precision_copy(
+    model: nn.Module, dtype: torch.dtype, *, channels_last: bool = False
+) -> nn.Module:
     """A copy of ``model`` whose plain convolution and linear layers hold their weight and bias in
-    ``dtype`` (convolution weights channels-last), frozen; every other tensor is copied as it is.
-    The model itself is untouched. A model that cannot be deep-copied is returned as it is."""
+    ``dtype`` (2-D convolution weights channels-last if ``channels_last``: a weight in that layout
+    makes the convolution's output channels-last too, which only suits channels-last batches),
+    frozen; every other tensor is copied as it is. The model itself is untouched. A model that
+    cannot be deep-copied is returned as it is."""
     memo: dict[int, Any] = {}
     for module in model.modules():
         if type(module) not in _CAST_TYPES:
@@ -88,7 +96,7 @@ def reduced_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             if not isinstance(tensor, nn.Parameter) or not tensor.is_floating_point():
                 continue
             cast = tensor.detach().to(dtype)
-            if cast.dim() == 4:
+            if channels_last and cast.dim() == 4:
                 cast = cast.contiguous(memory_format=torch.channels_last)
             memo[id(tensor)] = nn.Parameter(cast, requires_grad=False)
     if not memo:
