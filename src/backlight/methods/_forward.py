@@ -5,7 +5,8 @@ Two shortcuts, each exact or as exact as the mode asked for:
 - channels-last batches on CPU for convolutional models: oneDNN's convolutions and pooling run
   faster on that layout; the values are the same up to rounding;
 - under ``autocast``, a private copy of the model whose convolution and linear layers hold their
-  weights already in the reduced precision (and, for 4-D weights, channels-last). Autocast
+  weights already in the reduced precision (and, with channels-last batches, 4-D weights
+  channels-last too). Autocast
   otherwise casts every weight at every forward pass and oneDNN reorders it again: for ResNet-18
   and three images a third of the time of a forward and backward pass. The copy computes the same
   bits: autocast's cast of an fp32 weight is the one made here, once.

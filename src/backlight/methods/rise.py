@@ -39,8 +39,6 @@ from ._forward import Forward
 
 __all__ = ["RiseMasks", "rise"]
 
-#: How model outputs become the scores that weight the masks.
-
 
 class RiseMasks:
     """The random masks of RISE for one image size, rendered on demand a batch at a time.

@@ -35,8 +35,6 @@ from ._common import flag, positive_int, resize_maps, saliency_batch
 
 __all__ = ["PerturbationCurves", "blur", "deletion", "insertion"]
 
-#: How model outputs become the recorded scores.
-
 #: What the pixels are replaced with (deletion) or start from (insertion).
 Substrate: TypeAlias = (
     Literal["zeros", "blur"] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
