@@ -38,17 +38,9 @@ import torch.fx.experimental.optimization as fx_optimization
 import torchvision
 
 from _timing import interleave, median_table, publish, stamp
-from perturbation import masked_batches, rise_contenders
+from perturbation import bare_forward, masked_batches, rise_contenders
 
 TORCHRAY = "torchray rise"
-
-
-def bare(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return [model(b) for b in batches]
-
-    return run
 
 
 def bare_bfloat16(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callable[[], object]:
@@ -63,10 +55,10 @@ def ceiling_contenders(
     model: torch.nn.Module, x: torch.Tensor, num_masks: int, batch_size: int, with_compile: bool
 ) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
     """The contenders, and the one-off cost (seconds) of the ways that have one."""
-    runs = rise_contenders(model, x, num_masks, batch_size)
+    batches = masked_batches(x, num_masks, batch_size)
+    runs = rise_contenders(model, x, num_masks, batch_size, batches)
     nchw = runs.pop("bare: masked forward passes (NCHW)")
     last = runs.pop("bare: masked forward passes (channels-last)")
-    batches = masked_batches(x, num_masks, batch_size)  # the same masks as the two above
     cl = [b.contiguous(memory_format=torch.channels_last) for b in batches]
     frozen = copy.deepcopy(model).eval()
     folded = fx_optimization.fuse(copy.deepcopy(frozen)).to(memory_format=torch.channels_last)
@@ -81,8 +73,8 @@ def ceiling_contenders(
         TORCHRAY: runs.pop(TORCHRAY),
         "bare float32: NCHW": nchw,
         "bare float32: channels-last": last,
-        "bare float32: channels-last, batch norm folded (torch.fx)": bare(folded, cl),
-        "bare float32: TorchScript frozen, optimize_for_inference": bare(script, batches),
+        "bare float32: channels-last, batch norm folded (torch.fx)": bare_forward(folded, cl),
+        "bare float32: TorchScript frozen, optimize_for_inference": bare_forward(script, batches),
     }
     if with_compile:
         import torch._inductor.config as inductor_config
@@ -93,7 +85,9 @@ def ceiling_contenders(
         with torch.no_grad():
             compiled(batches[0])
         setup["torch.compile"] = time.perf_counter() - start
-        ordered["bare float32: torch.compile (inductor, freezing)"] = bare(compiled, batches)
+        ordered["bare float32: torch.compile (inductor, freezing)"] = bare_forward(
+            compiled, batches
+        )
     ordered["bare bfloat16 autocast: channels-last"] = bare_bfloat16(frozen, cl)
     ordered.update(runs)  # backlight.rise in float32 and in bfloat16
     return ordered, setup

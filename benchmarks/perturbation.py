@@ -50,24 +50,31 @@ def masked_batches(x: torch.Tensor, num_masks: int, batch_size: int) -> list[tor
     ]
 
 
+def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callable[[], object]:
+    """The model's forward passes over ``batches``, nothing else, under inference mode."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            return [model(b) for b in batches]
+
+    return run
+
+
 def rise_contenders(
-    model: torch.nn.Module, x: torch.Tensor, num_masks: int, batch_size: int
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    num_masks: int,
+    batch_size: int,
+    batches: list[torch.Tensor] | None = None,
 ) -> dict[str, Callable[[], object]]:
+    """The RISE contenders; ``batches`` are the masked batches if already made."""
     from torchray.attribution.rise import rise as torchray_rise
 
-    batches = masked_batches(x, num_masks, batch_size)
+    batches = masked_batches(x, num_masks, batch_size) if batches is None else batches
     last = [b.contiguous(memory_format=torch.channels_last) for b in batches]
-
-    def bare(layout: list[torch.Tensor]) -> Callable[[], object]:
-        def run() -> object:
-            with torch.inference_mode():
-                return [model(b) for b in layout]
-
-        return run
-
     return {
-        "bare: masked forward passes (NCHW)": bare(batches),
-        "bare: masked forward passes (channels-last)": bare(last),
+        "bare: masked forward passes (NCHW)": bare_forward(model, batches),
+        "bare: masked forward passes (channels-last)": bare_forward(model, last),
         "backlight.rise": lambda: backlight.methods.rise.rise(
             model,
             x,
