@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import metrics as metrics
 from . import viz as viz
+from ._checks import ForeignHookWarning
 from ._excitation import ExcitationBackpropContext
 from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
@@ -21,6 +22,7 @@ from .errors import (
     LayerError,
     LayerNotFoundError,
     MethodNotApplicableError,
+    ModelError,
     OptionError,
     TargetError,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "DeConvNetContext",
     "ExcitationBackpropContext",
     "ExtremalResult",
+    "ForeignHookWarning",
     "GuidedBackpropContext",
     "InputError",
     "InputTypeError",
@@ -55,6 +58,7 @@ __all__ = [
     "LayerNotFoundError",
     "MethodInfo",
     "MethodNotApplicableError",
+    "ModelError",
     "OptionError",
     "RiseMasks",
     "RuleNotAppliedWarning",

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from ._rules import ModeContext
+from ._rules import OPAQUE_NODES, ModeContext, autograd_nodes, hidden_code_error
 from .errors import MethodNotApplicableError
 
 __all__ = ["ExcitationBackpropContext"]
@@ -234,6 +235,31 @@ _ROUTING = {
 }
 
 
+# Ordinary backward nodes of operations that have an excitation rule, or that the mode refuses.
+_RULED_NODES = (
+    "Convolution",
+    "Addmm",
+    "Mm",
+    "Bmm",
+    "Mv",
+    "Linear",
+    "NativeBatchNorm",
+    "CudnnBatchNorm",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "Mean",
+)
+
+
+def _needs_rule(node: Any, name: str) -> bool:
+    if name.startswith(_RULED_NODES):
+        return True
+    # a sum or a product of two tensors that both carry the signal (a residual addition, a gate)
+    if name.startswith(("AddBackward", "SubBackward", "MulBackward", "DivBackward")):
+        return sum(child is not None for child, _ in node.next_functions) > 1
+    return False
+
+
 def _requires_grad(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.requires_grad
@@ -342,6 +368,16 @@ class ExcitationBackpropContext(ModeContext):
 
     def _finished(self, mode: Any, failed: bool) -> None:
         self._last = mode.last_linear
+
+    def verify(self, model: nn.Module, score: torch.Tensor, method: str) -> None:
+        """No operation that needs an excitation rule (a convolution, linear layer, pooling,
+        batch norm, residual sum, product) reached ``score`` without it: under this context
+        every such call goes through a rule, so an ordinary backward node of one means code the
+        mode could not see (TorchScript, torch.compile)."""
+        for node in autograd_nodes(score):
+            name = node.name()
+            if name in OPAQUE_NODES or _needs_rule(node, name):
+                raise hidden_code_error(model, method, name, "the operations")
 
     def __enter__(self) -> ExcitationBackpropContext:
         return super().__enter__()  # type: ignore[no-any-return]

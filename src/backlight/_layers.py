@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._checks import check_input, check_model
 from ._state import explaining
 from ._types import Layer
 from .errors import LayerError, LayerNotFoundError, OptionError
@@ -39,6 +42,17 @@ def resolve_layer(model: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
     raise LayerNotFoundError(_missing_message(model, layer, list(modules)))
 
 
+def check_hookable(module: nn.Module, name: str | None) -> None:
+    """A layer's output is captured with a forward hook, which TorchScript modules refuse."""
+    if isinstance(module, torch.jit.ScriptModule):
+        which = f"`layer` {name!r}" if name else "the model"
+        raise LayerError(
+            f"{which} is a TorchScript module ({type(module).__name__}), whose outputs cannot be "
+            "captured (it takes no hooks); explain the eager module, the one passed to "
+            "torch.jit.script or torch.jit.trace"
+        )
+
+
 def _missing_message(model: nn.Module, layer: str, names: list[str]) -> str:
     names = [n for n in names if n]
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
@@ -51,9 +65,82 @@ def _missing_message(model: nn.Module, layer: str, names: list[str]) -> str:
     return f"{head}; its top-level modules are {listing} (list them all with model.named_modules())"
 
 
+#: ``layer=INPUT`` (the string ``"input"``) names the model's input, for every method that takes a
+#: layer: the gradient family's default, and TorchRay's ``saliency_layer=''``.
+INPUT = "input"
+
+
+def is_input(layer: Layer | None) -> bool:
+    return isinstance(layer, str) and layer == INPUT
+
+
+@dataclass
+class Trace:
+    """What one dry forward pass showed of a model's modules.
+
+    Attributes:
+        output: the model's output (computed under ``torch.inference_mode``).
+        outputs: per module name, the output of each of its calls, in order (tensors as
+            ``torch.Size``, anything else as its type name).
+        finished: module names in the order their calls finished (a name once per call).
+    """
+
+    output: Any
+    outputs: dict[str, list[torch.Size | str]]
+    finished: list[str]
+
+    def calls(self, name: str) -> int:
+        return len(self.outputs.get(name, ()))
+
+
+def trace(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    include: Callable[[str, nn.Module], bool] | None = None,
+) -> Trace:
+    """One forward pass of ``model`` on a private copy of ``x``, recording every module's calls.
+
+    Only calls made by this thread are recorded, so another thread's forward pass through the
+    same model (or the caller's own, elsewhere) cannot confuse the record; the hooks are removed
+    whatever happens, and the model runs in eval mode with frozen parameters
+    (:func:`backlight._state.explaining`). TorchScript modules, which take no hooks, are left out;
+    ``include(name, module)`` can leave out more.
+    """
+    thread = threading.get_ident()
+    outputs: dict[str, list[torch.Size | str]] = {}
+    finished: list[str] = []
+
+    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            if threading.get_ident() != thread:
+                return
+            kind = output.shape if isinstance(output, torch.Tensor) else type(output).__name__
+            outputs.setdefault(name, []).append(kind)
+            finished.append(name)
+
+        return record
+
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if not name or isinstance(module, torch.jit.ScriptModule):
+                continue
+            if include is None or include(name, module):
+                handles.append(module.register_forward_hook(hook(name)))
+        with explaining(model), torch.inference_mode():
+            output = model(x.detach().clone())  # a copy: the model may write into its input
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Trace(output, outputs, finished)
+
+
+# The default layer of each model for each input shape, shared by every thread under the lock.
 _default_layers: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = (
     weakref.WeakKeyDictionary()
 )
+_default_lock = threading.Lock()
 
 
 _PASS_THROUGH = (
@@ -71,43 +158,28 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
     "Last" is in the order the forward pass finishes the modules, so a container (ResNet's
     ``layer4``, VGG's ``features``) wins over the modules inside it. A module qualifies when it is
     called once and returns a 4-D tensor with more than one spatial position; the model itself
-    does not. One sample goes through a dry forward pass under ``torch.inference_mode``; the
-    answer is remembered per model and input shape.
+    does not. One sample goes through a dry forward pass under ``torch.inference_mode``, seen only
+    by the calling thread (:func:`trace`); the answer is remembered per model and input shape.
 
     Raises:
         LayerError: no module outputs a 4-D feature map (a transformer, say): pass ``layer=``
             and, for token outputs, ``reshape=``.
     """
+    model = check_model(model)
+    x = check_input(x, model)
+    check_hookable(model, None)
     key = tuple(x.shape[1:])
-    cached = _default_layers.get(model, {}).get(key)
+    with _default_lock:
+        cached = _default_layers.get(model, {}).get(key)
     if cached is not None and cached in dict(model.named_modules()):
         return cached
-    calls: dict[str, int] = {}
-    finished: list[str] = []
-
-    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            spatial = isinstance(output, torch.Tensor) and output.dim() == 4
-            if spatial and output.shape[2] * output.shape[3] > 1:
-                finished.append(name)
-
-        return record
-
-    handles = [
-        module.register_forward_hook(hook(name))
-        for name, module in model.named_modules()
-        if name and not isinstance(module, _PASS_THROUGH)
-    ]
-    try:
-        with explaining(model), torch.inference_mode():
-            model(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name in reversed(finished):
-        if calls[name] == 1:
-            _default_layers.setdefault(model, {})[key] = name
+    seen = trace(model, x[:1], include=lambda _, module: not isinstance(module, _PASS_THROUGH))
+    for name in reversed(seen.finished):
+        shape = seen.outputs[name][0]
+        spatial = isinstance(shape, torch.Size) and len(shape) == 4 and shape[2] * shape[3] > 1
+        if spatial and seen.calls(name) == 1:
+            with _default_lock:
+                _default_layers.setdefault(model, {})[key] = name
             return name
     raise LayerError(
         f"no module of {type(model).__name__} outputs a 4-D feature map (N, C, H, W), so there "

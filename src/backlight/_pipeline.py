@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_input, check_model
-from ._layers import resolve_layer
-from ._rules import _RuleContext
+from ._checks import check_input, check_model, warn_foreign_hooks
+from ._layers import check_hookable, is_input, resolve_layer
 from ._state import explaining
 from ._targets import select_scores
 from ._types import Layer, Reduce, Target
@@ -123,28 +122,30 @@ def forward(
     method: str = "this method",
     gradient: bool = True,
 ) -> Forward:
-    """The forward pass (inside ``context()`` if given) and the scores, graph kept."""
+    """The forward pass (inside ``context()`` if given) and the scores, graph kept.
+
+    The model gets a private copy of ``x``, so a model that writes into its input (an in-place
+    ReLU first, ``x.sub_(mean)`` in ``forward``) leaves the caller's tensor as it was. After the
+    pass, a rule context checks that its rule reached every operation it had to
+    (``context.verify``).
+    """
     model = check_model(model)
     x = check_input(x, model)
     name: str | None = None
     probe: _LayerProbe | None = None
-    if layer is not None:
+    if layer is not None and not is_input(layer):
         name, module = resolve_layer(model, layer)
+        check_hookable(module, name)
         probe = _LayerProbe(name, module)
+    if gradient:
+        warn_foreign_hooks(model, method)
     with explaining(model), grad_mode():
         handle = probe.module.register_forward_hook(probe) if probe is not None else None
         try:
-            inp = x.detach().clone().requires_grad_(gradient and probe is None)
+            leaf, inp = model_input(x, requires_grad=gradient and probe is None)
             entered = context() if context is not None else None
             with entered if entered is not None else contextlib.nullcontext():
                 output = model(inp)
-            if isinstance(entered, _RuleContext) and entered.relu_count == 0:
-                raise MethodNotApplicableError(
-                    f"{method} changes the backward pass of ReLU activations, but "
-                    f"{type(model).__name__} computed no ReLU in its forward pass (it may use "
-                    "GELU, SiLU or another activation), so the rule does not apply; use "
-                    "backlight.gradient for the plain gradient"
-                )
         finally:
             if handle is not None:
                 handle.remove()
@@ -156,9 +157,30 @@ def forward(
                 )
             wrt = probe.tensor
         else:
-            wrt = inp
+            wrt = leaf
         scores = select_scores(output, target)
+        verify = getattr(entered, "verify", None)
+        if verify is not None:
+            verify(model, scores, method)
     return Forward(output, scores, wrt, name, entered)
+
+
+def model_input(x: torch.Tensor, *, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(leaf, input)``: the tensor gradients are taken at, and the one the model is given.
+
+    The input is always a private copy, which the model may overwrite; with ``requires_grad`` it
+    is a copy of the leaf (so writing into it is legal for autograd) and the leaf shares the
+    caller's memory, so there is still only one copy. A tensor made under
+    ``torch.inference_mode`` is copied into an ordinary one first.
+    """
+    if not requires_grad:
+        private = x.detach().clone()
+        return private, private
+    leaf = x.detach()
+    if leaf.is_inference():
+        leaf = leaf.clone()
+    leaf.requires_grad_(True)
+    return leaf, leaf.clone()
 
 
 def run(
@@ -233,9 +255,19 @@ def resize_to(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
 
 
-def require_feature_map(tensor: torch.Tensor, layer: str | None) -> None:
+def require_feature_map(tensor: torch.Tensor, layer: str | None, *, reshaped: bool = False) -> None:
+    """A layer's output (or gradient) must be a feature map (N, C, H, W); one that looks like
+    (N, H, W, C), as Swin stages give, is refused unless ``reshape`` made it."""
     if tensor.dim() != 4:
         raise LayerError(
             f"`layer` {layer!r} outputs shape {tuple(tensor.shape)}, not a feature map "
             "(N, C, H, W); choose a convolutional layer (list them with model.named_modules())"
+        )
+    _, c, h, w = tensor.shape
+    if not reshaped and layer is not None and c == h and w > 2 * h:
+        raise LayerError(
+            f"`layer` {layer!r} outputs shape {tuple(tensor.shape)}, which looks channels-last "
+            f"(N, H, W, C) with {w} channels on a {c}x{h} grid, as Swin stages give; pass "
+            "reshape=lambda t: t.permute(0, 3, 1, 2) (or, if it really is (N, C, H, W), "
+            "reshape=lambda t: t), or choose a layer that outputs (N, C, H, W)"
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ._state import autograd_on
 from .errors import OptionError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,10 +55,11 @@ def register(
     def decorate(function: F) -> F:
         if name in _REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
+        public = autograd_on(function)
         _REGISTRY[name] = MethodInfo(
-            name, function, family, summary, paper, aliases, options, dict(quick or {})
+            name, public, family, summary, paper, aliases, options, dict(quick or {})
         )
-        return function
+        return public
 
     return decorate
 

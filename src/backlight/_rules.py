@@ -18,20 +18,26 @@ indicator:
 
 Limits, by design: activations that are not rectifiers (GELU, SiLU, LeakyReLU, ELU) keep their
 usual gradient; ``torch.clamp(x, min=0)`` and ``F.threshold`` are not treated as ReLUs; code run
-by TorchScript or by other threads is not seen.
+by TorchScript, ``torch.compile`` or other threads is not seen. The methods check, after the
+forward pass, that no rectifier escaped the rule on the way from the explained tensor to the score
+(:meth:`_RuleContext.verify` reads the autograd graph), and refuse with
+:class:`~backlight.errors.MethodNotApplicableError` naming the code that hid it.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
+
+from .errors import MethodNotApplicableError
 
 __all__ = ["DeConvNetContext", "GuidedBackpropContext", "RuleNotAppliedWarning"]
 
@@ -137,15 +143,58 @@ class _Rectifier(torch.autograd.Function):
         return positive, None, None, None, None, None, None, None
 
 
+def autograd_nodes(score: torch.Tensor) -> Iterator[Any]:
+    """Every node of the autograd graph that leads to ``score``, each once."""
+    stack = [score.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(child for child, _ in node.next_functions)
+
+
+#: Nodes of code that ran out of sight of every torch-function mode: TorchScript's fused graphs
+#: and torch.compile's compiled regions.
+OPAQUE_NODES = frozenset({"DifferentiableGraphBackward", "CompiledFunctionBackward"})
+
+
+def hidden_code_error(model: nn.Module, method: str, node: str, what: str) -> Exception:
+    """The error for a rule that the model's compiled code kept from an operation."""
+    scripted = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, torch.jit.ScriptModule)
+    ]
+    where = (
+        f"TorchScript module(s) {', '.join(repr(n) for n in scripted[:4])}"
+        if scripted
+        else "code compiled by TorchScript or torch.compile, or a C++ extension"
+    )
+    return MethodNotApplicableError(
+        f"{method} cannot apply its rule to {what} computed inside {where} (autograd node "
+        f"{node}): compiled code bypasses backlight's rules, so the map would silently be wrong "
+        "there. Explain the eager model (the module before torch.jit.script or torch.compile), "
+        "or choose a `layer` above that code"
+    )
+
+
 class ModeContext:
     """A context manager that pushes a fresh torch-function mode (per thread) on entry and pops
-    it on exit, exceptions included; re-entrant. Subclasses make the mode."""
+    it on exit, exceptions included; re-entrant. Subclasses make the mode and may check, after
+    the forward pass, that the rule saw what it had to (:meth:`verify`)."""
 
     def __init__(self) -> None:
         self._modes: list[Any] = []
 
     def _make_mode(self) -> TorchFunctionMode:
         raise NotImplementedError
+
+    def verify(self, model: nn.Module, score: torch.Tensor, method: str) -> None:
+        """Raise :class:`MethodNotApplicableError` if the rule could not act on the forward pass
+        that produced ``score`` (run inside this context). Nothing to check by default."""
 
     def _finished(self, mode: Any, failed: bool) -> None:
         """Called after ``mode`` was popped."""
@@ -212,6 +261,29 @@ class _RuleContext(ModeContext):
 
     def _make_mode(self) -> TorchFunctionMode:
         return _RectifierMode(self._rule, self.clipped_relu)
+
+    def verify(self, model: nn.Module, score: torch.Tensor, method: str) -> None:
+        """No rectifier on the way to ``score`` escaped the rule (TorchScript, torch.compile),
+        and the rule saw at least one."""
+        for node in autograd_nodes(score):
+            name = node.name()
+            if name in OPAQUE_NODES or self._escaped(node, name):
+                raise hidden_code_error(model, method, name, "the ReLUs")
+        if self.relu_count == 0:
+            raise MethodNotApplicableError(
+                f"{method} changes the backward pass of ReLU activations, but "
+                f"{type(model).__name__} computed no ReLU in its forward pass (it may use "
+                "GELU, SiLU or another activation), so the rule does not apply; use "
+                "backlight.gradient for the plain gradient"
+            )
+
+    def _escaped(self, node: Any, name: str) -> bool:
+        """Whether ``node`` is the ordinary backward of a rectifier this rule covers."""
+        if name.startswith("ReluBackward"):  # every relu this thread calls goes through the rule
+            return True
+        if self.clipped_relu and name.startswith("HardtanhBackward"):
+            return getattr(node, "_saved_min_val", None) == 0
+        return False
 
     def _finished(self, mode: Any, failed: bool) -> None:
         self._count += mode.count

@@ -12,10 +12,15 @@ before the first of them began, not the frozen flags the second one saw.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _lock = threading.Lock()
 # id(object) -> [object, original flag, number of active calls]; the object is kept so that its
@@ -69,3 +74,20 @@ def explaining(model: nn.Module) -> Iterator[None]:
         with _lock:
             _release(_requires_grad, params, "requires_grad")
             _release(_training, modules, "training")
+
+
+def autograd_on(function: F) -> F:
+    """Run ``function`` with autograd available whatever the caller's mode.
+
+    Inside ``torch.inference_mode()`` or ``torch.no_grad()`` a method still needs gradients (or,
+    for a forward-only one, tensors it can keep); the wrapper leaves inference mode and turns
+    gradients on for the call. Tensors the caller made in inference mode are copied where they
+    take part in a backward pass (:func:`backlight._pipeline.model_input`).
+    """
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return call  # type: ignore[return-value]

@@ -11,14 +11,27 @@ import torch
 from ._types import Target
 from .errors import OptionError, TargetError
 
+_INT64 = (-(2**63), 2**63 - 1)
+
 
 def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
-    """``target`` (an int, a sequence or a 1-D tensor of ints) as one class index per sample,
-    shape (N,), without checking the range (that needs the number of classes)."""
+    """``target`` (an int, a sequence, a 1-D tensor or NumPy array of ints) as one class index
+    per sample, shape (N,), without checking the range (that needs the number of classes).
+
+    The result is always a fresh, ordinary tensor, even when ``target`` was made under
+    ``torch.inference_mode`` (such a tensor cannot take part in a backward pass)."""
     if isinstance(target, bool):
         raise TargetError(f"`target` must be a class index, not the bool {target}")
+    if type(target).__module__ == "numpy" and hasattr(target, "shape"):
+        array: Any = target
+        if array.shape == ():  # a NumPy scalar: an int or a float
+            target = array.item()
+        elif array.dtype.kind in "iu":
+            target = torch.from_numpy(array.astype("int64", copy=False))
     if isinstance(target, numbers.Integral):
-        return torch.full((n,), int(target), dtype=torch.long, device=device)
+        _check_int64(int(target))
+        with torch.inference_mode(False):
+            return torch.full((n,), int(target), dtype=torch.long, device=device)
     if isinstance(target, torch.Tensor):
         if target.dim() == 0:
             target = target.reshape(1).expand(n)
@@ -29,17 +42,23 @@ def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
             )
         if target.dtype == torch.bool:
             raise TargetError("`target` must hold class indices, not booleans")
-        indices = target.to(device=device, dtype=torch.long)
-    elif isinstance(target, Sequence) and not isinstance(target, str):
+        if target.is_meta:
+            raise TargetError("`target` is on the meta device and holds no values")
+        with torch.inference_mode(False):
+            indices = target.to(device=device, dtype=torch.long).clone()
+    elif isinstance(target, Sequence) and not isinstance(target, str | bytes):
         if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target):
             raise TargetError(
                 f"`target` as a sequence must hold integer class indices, got {list(target)!r}"
             )
-        indices = torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
+        for t in target:
+            _check_int64(int(t))
+        with torch.inference_mode(False):
+            indices = torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
     else:
         raise TargetError(
-            "`target` must be None, an int, a sequence or 1-D tensor of ints (one per sample), "
-            f"or a callable output -> (N,) scores; got {type(target).__name__}"
+            "`target` must be None, an int, a sequence, 1-D tensor or array of ints (one per "
+            f"sample), or a callable output -> (N,) scores; got {type(target).__name__}"
         )
     if indices.shape[0] != n:
         raise TargetError(
@@ -49,6 +68,14 @@ def per_sample(target: Target, n: int, device: torch.device) -> torch.Tensor:
     return indices
 
 
+def _check_int64(value: int) -> None:
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise TargetError(
+            f"`target` {value} is not a class index (it does not fit in 64 bits); give the "
+            "index of a class of the model"
+        )
+
+
 def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
     """The class index per sample, shape (N,), for a logit output of shape (N, K).
 
@@ -56,7 +83,8 @@ def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
     """
     n, k = _logits_shape(output)
     if target is None:
-        return output.detach().argmax(dim=1)
+        with torch.inference_mode(False):
+            return output.detach().argmax(dim=1)
     indices = per_sample(target, n, output.device)
     bad = (indices < 0) | (indices >= k)
     if bool(bad.any()):

@@ -6,6 +6,8 @@ would expect for that kind of mistake, so ``except ValueError`` keeps working::
     BacklightError (Exception)
     ├── InputError (ValueError)            x is not a finite float tensor of shape (N, C, H, W)
     │   └── InputTypeError (TypeError)     x or model is not a tensor / module at all
+    ├── ModelError (ValueError)            the model cannot run as given (parameters on the meta
+    │                                      device, a Keras model on a backend that is not torch)
     ├── OptionError (ValueError)           a keyword option has a value the method does not accept
     ├── TargetError (ValueError)           target out of range, of the wrong length, or unusable
     ├── LayerNotFoundError (LookupError)   layer names no module of the model
@@ -31,6 +33,7 @@ __all__ = [
     "LayerError",
     "LayerNotFoundError",
     "MethodNotApplicableError",
+    "ModelError",
     "OptionError",
     "TargetError",
 ]
@@ -46,6 +49,11 @@ class InputError(BacklightError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """``x`` is not a tensor, or ``model`` is not a :class:`torch.nn.Module`."""
+
+
+class ModelError(BacklightError, ValueError):
+    """The model cannot be run as it is: parameters without data (meta device), or a framework
+    setting that must change first."""
 
 
 class OptionError(BacklightError, ValueError):

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model, check_positive_int, check_reduce
+from .._checks import (
+    check_flag,
+    check_input,
+    check_memory,
+    check_model,
+    check_positive_int,
+    check_reduce,
+)
 from .._layers import default_cam_layer
 from .._pipeline import Capture, reduce_channels, require_feature_map, resize_to, run
 from .._registry import register
@@ -102,7 +109,7 @@ def _layer_capture(
     if reshape is not None:
         activation = _reshaped(reshape, activation, capture.layer)
         grad = _reshaped(reshape, grad, capture.layer) if grad is not None else None
-    require_feature_map(activation, capture.layer)
+    require_feature_map(activation, capture.layer, reshaped=reshape is not None)
     return replace(capture, activation=activation, gradient=grad)
 
 
@@ -190,9 +197,10 @@ def grad_cam(
         x: a float tensor of shape (N, C, H, W).
         target: ``None`` for each sample's predicted class, an int, one class per sample, or a
             callable ``output -> (N,) scores``.
-        layer: a module (dotted name or module object). Without it, the last module whose
-            output is a spatial feature map (ResNet's ``layer4``, VGG's ``features``), logged on
-            the ``backlight`` logger; :func:`backlight.default_cam_layer` tells which in advance.
+        layer: a module (dotted name or module object), or ``"input"`` for the input itself
+            (TorchRay's ``saliency_layer=''``). Without it, the last module whose output is a
+            spatial feature map (ResNet's ``layer4``, VGG's ``features``), logged on the
+            ``backlight`` logger; :func:`backlight.default_cam_layer` tells which in advance.
         resize: upsample the map bilinearly to the input's size.
         relu: rectify the map (the paper's definition); ``False`` keeps the signed map.
         reshape: turns the layer's output into (N, K, h, w), for token outputs of transformers
@@ -227,7 +235,7 @@ def grad_cam(
     summary="guided backprop at the input times the Grad-CAM map upsampled to the input",
     paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
     "Gradient-based Localization, ICCV 2017",
-    options=("layer", "reduce", "reshape"),
+    options=("layer", "reduce", "reshape", "clipped_relu"),
 )
 def guided_grad_cam(
     model: nn.Module,
@@ -237,6 +245,7 @@ def guided_grad_cam(
     layer: Layer | None = None,
     reduce: Reduce = "abs_max",
     reshape: Reshape | None = None,
+    clipped_relu: bool = True,
 ) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017).
 
@@ -246,6 +255,7 @@ def guided_grad_cam(
 
     Args:
         reduce: as for :func:`backlight.gradient`; ``None`` keeps the RGB channels.
+        clipped_relu: as for :func:`backlight.guided_backprop`.
         Others as for :func:`backlight.grad_cam`.
 
     Returns:
@@ -271,6 +281,7 @@ def guided_grad_cam(
         resize=False,
         rule=GuidedBackpropContext,
         method="guided_grad_cam",
+        clipped_relu=clipped_relu,
     )
     return reduce_channels(guided * resize_to(cam, x), reduce)
 
@@ -296,7 +307,8 @@ def linear_approx(
     """Linear approximation (TorchRay): ``map = Σ_k A_k · ∂score/∂A_k``, signed.
 
     The first-order Taylor contribution of each position of the layer to the score; Grad-CAM
-    without the spatial averaging and without the ReLU. Arguments as for
+    without the spatial averaging and without the ReLU. With ``layer="input"`` it is TorchRay's
+    default, ``Σ_c x_c · ∂score/∂x_c`` (input times gradient). Arguments as for
     :func:`backlight.grad_cam`.
 
     Example:
@@ -483,6 +495,12 @@ def score_cam(
         keep.scatter_(1, flat.var(dim=2).topk(channels, dim=1).indices, True)
         active &= keep
     pairs = active.nonzero()  # (P, 2): sample, channel
+    check_memory(  # masks, masked images and the model's first activations
+        4 * x.element_size() * min(batch_size, max(pairs.shape[0], 1)) * x[0].numel(),
+        x.device,
+        what=f"`batch_size`={batch_size}: Score-CAM batches of masked images",
+        fix="lower batch_size",
+    )
     scores = torch.zeros(n, k, dtype=a.dtype, device=a.device)
     with explaining(model), torch.inference_mode():
         starts = range(0, pairs.shape[0], batch_size)

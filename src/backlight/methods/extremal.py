@@ -19,9 +19,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_autocast, check_flag, check_input, check_model
+from .._checks import (
+    check_autocast,
+    check_flag,
+    check_input,
+    check_memory,
+    check_model,
+    check_positive_real,
+    check_seed,
+)
 from .._checks import check_fraction as _fraction
-from .._checks import check_int as _integer
 from .._checks import check_positive_int as _positive_int
 from .._registry import register
 from .._state import explaining
@@ -36,6 +43,9 @@ __all__ = ["ExtremalResult", "extremal_perturbation"]
 Variant: TypeAlias = Literal["preserve", "delete", "dual"]
 Jitter: TypeAlias = Literal["alternate", "random"] | None
 Perturbation: TypeAlias = Literal["blur", "fade"]
+
+#: More blur levels than this are no finer to the eye and cost a blur each.
+_MAX_LEVELS = 256
 
 # TorchRay's optimiser and schedule (extremal_perturbation.py), which the paper's results use.
 _LEARNING_RATE = 0.01
@@ -189,17 +199,21 @@ def extremal_perturbation(
     if jitter not in ("alternate", "random", None):
         raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
     max_iter = _positive_int("max_iter", max_iter)
-    num_levels = _positive_int("num_levels", num_levels)
+    num_levels = _positive_int("num_levels", num_levels, high=_MAX_LEVELS)
     if num_levels < 2:
         raise OptionError(f"`num_levels` must be at least 2, not {num_levels}")
+    # Beyond the image's long side a step, a smoothness or a blur means nothing more.
+    side = max(x.shape[-2:])
     scale = min(x.shape[-2:]) / 224
-    step = max(1, round(7 * scale)) if step is None else _positive_int("step", step)
-    sigma = 3.0 * step if sigma is None else _positive_real("sigma", sigma)
-    max_blur = 20.0 * scale if max_blur is None else _positive_real("max_blur", max_blur)
+    step = max(1, round(7 * scale)) if step is None else _positive_int("step", step, high=side)
+    sigma = 3.0 * step if sigma is None else check_positive_real("sigma", sigma, high=side)
+    max_blur = (
+        20.0 * scale if max_blur is None else check_positive_real("max_blur", max_blur, high=side)
+    )
     contrastive = check_flag("contrastive", contrastive)
     area_with_margin = check_flag("area_with_margin", area_with_margin)
     progress = check_flag("progress", progress)
-    seed = _integer("seed", seed)
+    seed = check_seed(seed)
     autocast = check_autocast(autocast)
     by_callable = is_score_function(target)
     if by_callable and contrastive:
@@ -211,10 +225,15 @@ def extremal_perturbation(
     n, _, height, width = x.shape
     a = len(area_list)
     x = x.detach()
+    generator = MaskGenerator((height, width), step, sigma)
+    _check_memory(x, a, num_levels, max_iter, generator)
     flips = _flips(jitter, seed, max_iter)
     with explaining(model):
         with torch.no_grad():
-            output = model(x)
+            clean = x.clone()  # the model may write into its input: give it a copy, and see
+            version = clean._version
+            output = model(clean)
+            writes_input = clean._version != version  # ... whether it does: then batches are copied
             classes = None if by_callable else class_indices(output, target)
             if by_callable:
                 select_scores(output, target)  # checks the callable's result on the clean batch
@@ -225,7 +244,6 @@ def extremal_perturbation(
             steps = torch.cat(
                 [pyramid[:, 1:] - pyramid[:, :-1], torch.zeros_like(pyramid[:, :1])], dim=1
             )
-        generator = MaskGenerator((height, width), step, sigma)
         weights = generator.weights(x.device, x.dtype)
         params = x.new_ones(n * a, 1, *generator.grid)
         counted = generator.full[0] * generator.full[1] if area_with_margin else height * width
@@ -247,7 +265,7 @@ def extremal_perturbation(
                 images = _perturbed(pyramid, steps, mask, variant, n, a)
                 if flips[t]:
                     images = images.flip(dims=(4,))
-                scores = _scores(forward, images, classes, target, contrastive)
+                scores = _scores(forward, images, classes, target, contrastive, writes_input)
                 reward = _reward(scores, variant, a)
                 penalty = -weight * area_penalty(mask if full is None else full, kept)
                 energy = (reward + penalty).sum()
@@ -266,7 +284,7 @@ def extremal_perturbation(
         with torch.no_grad():
             masks = mask.detach()
             final = _perturbed(pyramid, steps, masks, variant, n, a)[:, :a]
-            final_scores = _scores(model, final, classes, target, contrastive)
+            final_scores = _scores(model, final, classes, target, contrastive, writes_input)
     return ExtremalResult(
         masks=masks.view(n, a, height, width).clone(),
         scores=final_scores.detach().clone(),
@@ -300,8 +318,12 @@ def _scores(
     classes: torch.Tensor | None,
     target: Target,
     contrastive: bool,
+    writes_input: bool,
 ) -> torch.Tensor:
     """The target's score of every perturbed image, (N, copies · A).
+
+    With ``writes_input``, for a model that writes into its input, each batch goes in as a copy
+    (autograd forbids writing into the views that iterating over ``images`` gives).
 
     Each input's images go through the model in a forward pass of their own: the arithmetic of
     a forward pass can depend on the batch size (oneDNN picks its kernels by shape), and the
@@ -310,7 +332,7 @@ def _scores(
     """
     rows = []
     for i, batch in enumerate(images):
-        output = forward(batch)
+        output = forward(batch.clone() if writes_input else batch)
         if classes is None:
             rows.append(callable_scores(target, output, batch.shape[0]))  # type: ignore[arg-type]
             continue
@@ -321,6 +343,30 @@ def _scores(
             chosen = chosen - logits.scatter(1, label, float("-inf")).amax(dim=1)
         rows.append(chosen)
     return torch.stack(rows)
+
+
+def _check_memory(
+    x: torch.Tensor, areas: int, levels: int, max_iter: int, generator: MaskGenerator
+) -> None:
+    """Refuse settings whose tensors cannot fit, before allocating them: the pyramid and its
+    steps, the perturbed images, the smooth maximum's neighbourhoods and the history."""
+    n, c, h, w = x.shape
+    masks = n * areas
+    neighbours = (2 * generator.radius + 1) ** 2
+    elements = (
+        2 * n * levels * c * h * w
+        + 3 * masks * c * h * w
+        + 3 * masks * neighbours * generator.cells[0] * generator.cells[1]
+        + 2 * masks * max_iter
+    )
+    check_memory(
+        elements * x.element_size() + 8 * neighbours * generator.step**2,
+        x.device,
+        what=f"extremal perturbation with `max_iter`={max_iter}, `num_levels`={levels}, "
+        f"`step`={generator.step}, `sigma`={generator.sigma:g} on {n} image(s) and {areas} "
+        "area(s)",
+        fix="lower sigma, num_levels or max_iter, or explain fewer images at once",
+    )
 
 
 def _reward(scores: torch.Tensor, variant: str, a: int) -> torch.Tensor:
@@ -350,9 +396,3 @@ def _areas(areas: Any) -> list[float]:
             f"`areas` must be a fraction or a non-empty list of fractions, not {areas!r}"
         )
     return [_fraction("areas", v, closed=False) for v in values]
-
-
-def _positive_real(name: str, value: Any) -> float:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0:
-        return float(value)
-    raise OptionError(f"`{name}` must be a positive number, not {value!r}")

@@ -33,10 +33,14 @@ def _saliency(
     resize: bool,
     rule: Callable[..., _RuleContext] | None,
     method: str,
+    clipped_relu: bool = True,
 ) -> torch.Tensor:
     reduce = check_reduce(reduce)
     resize = check_flag("resize", resize)
-    context = functools.partial(rule, warn=False) if rule is not None else None
+    clipped_relu = check_flag("clipped_relu", clipped_relu)
+    context = (
+        functools.partial(rule, warn=False, clipped_relu=clipped_relu) if rule is not None else None
+    )
     capture = run(model, x, target, layer=layer, context=context, method=method)
     assert capture.gradient is not None  # run() was asked for the gradient
     if capture.layer is not None:
@@ -71,8 +75,8 @@ def gradient(
         x: a float tensor of shape (N, C, H, W).
         target: ``None`` for each sample's predicted class, an int, one class per sample (a
             sequence or 1-D tensor), or a callable ``output -> (N,) scores``.
-        layer: ``None`` for the input, or a module (dotted name or module object) whose
-            output the gradient is taken at.
+        layer: ``None`` (or ``"input"``) for the input, or a module (dotted name or module
+            object) whose output the gradient is taken at.
         reduce: ``"abs_max"`` (max over channels of ``|g|``), ``"l2"``, ``"sum"``, or ``None`` to
             keep every channel.
         resize: upsample the map bilinearly to the input's size.
@@ -98,7 +102,7 @@ def gradient(
     paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
     "The All Convolutional Net, ICLR-W 2015",
     aliases=("guided",),
-    options=_OPTIONS,
+    options=(*_OPTIONS, "clipped_relu"),
 )
 def guided_backprop(
     model: nn.Module,
@@ -108,6 +112,7 @@ def guided_backprop(
     layer: Layer | None = None,
     reduce: Reduce = "abs_max",
     resize: bool = False,
+    clipped_relu: bool = True,
 ) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015).
 
@@ -116,7 +121,11 @@ def guided_backprop(
     modules, ``F.relu``, ``torch.relu``, ``Tensor.relu``, in-place variants and modules called
     several times, and ReLU6 (``0 < x < 6``); see :class:`backlight.GuidedBackpropContext`.
 
-    Arguments and result are as for :func:`backlight.gradient`.
+    Arguments and result are as for :func:`backlight.gradient`, and:
+
+    Args:
+        clipped_relu: treat ReLU6 and ``hardtanh(x, 0, m)`` as ReLUs (the default); ``False``
+            leaves them with the plain gradient, as TorchRay and Captum do.
 
     Raises:
         MethodNotApplicableError: the model computes no ReLU, so the rule has nothing to act on.
@@ -137,6 +146,7 @@ def guided_backprop(
         resize=resize,
         rule=GuidedBackpropContext,
         method="guided backprop",
+        clipped_relu=clipped_relu,
     )
 
 
@@ -146,7 +156,7 @@ def guided_backprop(
     summary="backward pass with the upstream signal rectified at every ReLU",
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     aliases=("rectified",),
-    options=_OPTIONS,
+    options=(*_OPTIONS, "clipped_relu"),
 )
 def deconvnet(
     model: nn.Module,
@@ -156,11 +166,12 @@ def deconvnet(
     layer: Layer | None = None,
     reduce: Reduce = "abs_max",
     resize: bool = False,
+    clipped_relu: bool = True,
 ) -> torch.Tensor:
     """DeconvNet (Zeiler & Fergus 2014), also known as "rectified" gradient in tf-keras-vis.
 
     At every ReLU the upstream signal passes clamped at zero, whatever the forward input:
-    ``∂x = max(∂y, 0)``. Arguments, coverage and result are as for
+    ``∂x = max(∂y, 0)``. Arguments (``clipped_relu`` included), coverage and result are as for
     :func:`backlight.guided_backprop`.
 
     Example:
@@ -178,6 +189,7 @@ def deconvnet(
         resize=resize,
         rule=DeConvNetContext,
         method="deconvnet",
+        clipped_relu=clipped_relu,
     )
 
 

@@ -19,9 +19,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_autocast, check_flag, check_input, check_model
+from .._checks import (
+    check_autocast,
+    check_flag,
+    check_input,
+    check_memory,
+    check_model,
+    check_seed,
+)
 from .._checks import check_fraction as _fraction
-from .._checks import check_int as _integer
 from .._checks import check_positive_int as _positive_int
 from .._registry import register
 from .._state import explaining
@@ -34,7 +40,7 @@ from .._targets import (
     to_probability,
 )
 from .._types import Target
-from ..errors import TargetError
+from ..errors import OptionError, TargetError
 from ._forward import Forward
 
 __all__ = ["RiseMasks", "rise"]
@@ -75,11 +81,21 @@ class RiseMasks:
         p: float = 0.5,
         seed: int = 0,
     ) -> None:
-        self.size = (int(size[0]), int(size[1]))
+        ok = isinstance(size, tuple | list | torch.Size) and len(size) == 2
+        if not ok or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+            raise OptionError(f"`size` must be an image size (H, W) of two ints, not {size!r}")
+        self.size = (_positive_int("size", size[0]), _positive_int("size", size[1]))
         self.num_masks = _positive_int("num_masks", num_masks)
-        self.cells = _positive_int("cells", cells)
+        # a cell smaller than a pixel means nothing: at most one cell per pixel of the long side
+        self.cells = _positive_int("cells", cells, high=max(self.size))
         self.p = _fraction("p", p)
-        self.seed = _integer("seed", seed)
+        self.seed = check_seed(seed)
+        check_memory(
+            self.num_masks * (self.cells**2 + 16),
+            torch.device("cpu"),
+            what=f"`num_masks`={self.num_masks} RISE masks of {self.cells}x{self.cells} cells",
+            fix="use fewer masks (num_masks) or cells",
+        )
         self.cell_size = (
             math.ceil(self.size[0] / self.cells),
             math.ceil(self.size[1] / self.cells),
@@ -221,25 +237,37 @@ def rise(
     """
     model = check_model(model)
     x = check_input(x, model)
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    masks = RiseMasks(size, num_masks=num_masks, cells=cells, p=p, seed=seed)
+    n, channels, height, width = x.shape
     batch_size = _positive_int("batch_size", batch_size)
+    largest = min(batch_size, _positive_int("num_masks", num_masks))
+    check_memory(  # a batch of masks, the masked images and the model's first activations
+        4 * x.element_size() * largest * (channels + 1) * height * width,
+        x.device,
+        what=f"`batch_size`={largest}: RISE batches of masked {height}x{width} images",
+        fix="lower batch_size",
+    )
+    masks = RiseMasks((height, width), num_masks=num_masks, cells=cells, p=p, seed=seed)
     probability = check_probability(probability)
     progress = check_flag("progress", progress)
     autocast = check_autocast(autocast)
     every_class = isinstance(target, str) and target == "all"
     per_image = is_score_function(target)
-    n, _, height, width = x.shape
     x = x.detach()
 
     with explaining(model), torch.inference_mode():
-        scores = to_probability(model(x), probability)
+        scores = to_probability(model(x.clone()), probability)  # the model may write into it
         if every_class:
             if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
                 raise TargetError(
                     "`target='all'` needs a model that returns one score per class (N, classes)"
                 )
             classes = None
+            check_memory(
+                x.element_size() * n * scores.shape[1] * height * width,
+                x.device,
+                what=f"`target='all'`: {scores.shape[1]} maps of {height}x{width} per image",
+                fix="explain the classes you need, one call per class or a list of targets",
+            )
             saliency = x.new_zeros(n, scores.shape[1], height * width)
         elif per_image:
             callable_scores(target, scores, n)  # type: ignore[arg-type]

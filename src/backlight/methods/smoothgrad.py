@@ -9,9 +9,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_input, check_model, check_positive_int
+from .._checks import (
+    check_flag,
+    check_input,
+    check_memory,
+    check_model,
+    check_positive_int,
+    check_real,
+    check_seed,
+)
 from .._pipeline import run
 from .._registry import get_method, list_methods
+from .._state import autograd_on
 from .._targets import class_indices, is_score_function, per_sample
 from .._types import Target
 from ..errors import OptionError
@@ -42,6 +51,7 @@ def _resolve(method: str | Callable[..., Any]) -> Callable[..., Any]:
     return info.function
 
 
+@autograd_on
 def smooth_grad(
     method: str | Callable[..., torch.Tensor],
     model: nn.Module,
@@ -90,10 +100,14 @@ def smooth_grad(
     x = check_input(x, model)
     samples = check_positive_int("samples", samples)
     batch_size = check_positive_int("batch_size", batch_size)
-    if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
-        raise OptionError(
-            f"`noise` must be a non-negative number (0.1 to 0.2 is usual), not {noise!r}"
-        )
+    noise = check_real("noise", noise, low=0.0)  # the paper finds 0.1 to 0.2 works best
+    seed = check_seed(seed)
+    check_memory(
+        x.element_size() * (samples + 3 * min(batch_size, samples * x.shape[0])) * x[0].numel(),
+        x.device,
+        what=f"`samples`={samples} noise draws with `batch_size`={batch_size} noisy images",
+        fix="lower samples or batch_size",
+    )
     progress = check_flag("progress", progress)
 
     classes: Any

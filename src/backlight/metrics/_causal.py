@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_input, check_model
-from .._state import explaining
+from .._checks import check_input, check_memory, check_model, check_positive_real
+from .._state import autograd_on, explaining
 from .._targets import (
     Probability,
     callable_scores,
@@ -90,13 +90,14 @@ def blur(x: torch.Tensor, *, kernel_size: int = 11, sigma: float = 5.0) -> torch
         >>> round(float(blurred[0, 0, 16, 16]), 6), bool(blurred[0, 0, 0, 0] < 1)
         (1.0, True)
     """
-    size = positive_int("kernel_size", kernel_size)
-    if size % 2 == 0:
-        raise OptionError(f"`kernel_size` must be odd, not {kernel_size}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise OptionError(f"`sigma` must be a positive number, not {sigma!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise InputError("`x` must be a floating-point tensor of images (N, C, H, W)")
+    # a kernel wider than twice the image, or a σ beyond it, only spreads the padding's zeros
+    side = 2 * max(x.shape[-2:]) + 1
+    size = positive_int("kernel_size", kernel_size, high=side)
+    if size % 2 == 0:
+        raise OptionError(f"`kernel_size` must be odd, not {kernel_size}")
+    sigma = check_positive_real("sigma", sigma, high=side)
     line = _reflected_gaussian(size, float(sigma)).to(device=x.device, dtype=x.dtype)
     kernel = (line[:, None] * line[None, :])[None, None]
     n, c, h, w = x.shape
@@ -122,6 +123,7 @@ def _reflected_gaussian(size: int, sigma: float) -> torch.Tensor:
     return torch.tensor(line, dtype=torch.float64)
 
 
+@autograd_on
 def deletion(
     model: nn.Module,
     x: torch.Tensor,
@@ -184,6 +186,7 @@ def deletion(
     )
 
 
+@autograd_on
 def insertion(
     model: nn.Module,
     x: torch.Tensor,
@@ -239,8 +242,15 @@ def _run(
     x = check_input(x, model).detach()
     n, _, height, width = x.shape
     maps = resize_maps(saliency_batch(saliency, n), (height, width))
-    steps = positive_int("steps", steps)
+    # more steps than pixels would repeat the last image: one pixel per step at the most
+    steps = positive_int("steps", steps, high=height * width)
     batch_size = positive_int("batch_size", batch_size)
+    check_memory(  # a batch of perturbed images and the model's first activations
+        4 * x.element_size() * min(batch_size, steps + 1) * x[0].numel(),
+        x.device,
+        what=f"`batch_size`={batch_size}: {mode} batches of images",
+        fix="lower batch_size",
+    )
     progress = flag("progress", progress)
     probability = check_probability(probability)
     per_image = is_score_function(target)
@@ -266,7 +276,7 @@ def _run(
     with explaining(model), torch.inference_mode():
         if not per_image:
             outputs = [
-                to_probability(model(x[i : i + batch_size]), probability)
+                to_probability(model(x[i : i + batch_size].clone()), probability)
                 for i in range(0, n, batch_size)
             ]
             classes = class_indices(torch.cat(outputs), target)

@@ -19,9 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import check_input, check_model
-from .._layers import resolve_layer
+from .._layers import resolve_layer, trace
 from .._registry import get_method
-from .._state import explaining
+from .._state import autograd_on
 from .._targets import class_indices
 from .._types import Layer, Target
 from ..errors import InputError, MethodNotApplicableError, OptionError
@@ -60,6 +60,7 @@ class RandomizationResult:
         return len(self.layers)
 
 
+@autograd_on
 def randomization(
     model: nn.Module,
     x: torch.Tensor,
@@ -142,12 +143,11 @@ def randomization(
     progress = flag("progress", progress)
 
     work = copy.deepcopy(model)
-    traced = _trace(work, x)
+    output, order = _trace(work, x)
     if target is None:
-        # a clone: a tensor made under inference_mode cannot be saved for a backward pass
-        target = class_indices(traced.output, None).clone()
+        target = class_indices(output, None)
     if layers is None:
-        names = traced.order
+        names = order
         if not names:
             raise MethodNotApplicableError(
                 f"{type(model).__name__} has no module with parameters that runs on `x`; there "
@@ -197,34 +197,11 @@ def randomization(
     )
 
 
-@dataclass
-class _Trace:
-    output: Any
-    order: list[str]
-
-
-def _trace(model: nn.Module, x: torch.Tensor) -> _Trace:
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[Any, list[str]]:
     """The model's output on ``x`` and its modules with parameters, last called first."""
-    owners = {
-        id(m): name
-        for name, m in model.named_modules()
-        if any(True for _ in m.parameters(recurse=False))
-    }
-    last: dict[str, int] = {}
-    clock = [0]
-
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        clock[0] += 1
-        last[owners[id(module)]] = clock[0]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in owners]
-    try:
-        with explaining(model), torch.inference_mode():
-            output = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return _Trace(output, sorted(last, key=lambda name: -last[name]))
+    seen = trace(model, x, include=lambda _, m: any(True for _ in m.parameters(recurse=False)))
+    last = {name: i for i, name in enumerate(seen.finished)}
+    return seen.output, sorted(last, key=lambda name: -last[name])
 
 
 def _reinitialise(layer: nn.Module, seed: int) -> None:
