@@ -5,6 +5,8 @@ tensors and the model are left as they were."""
 
 from __future__ import annotations
 
+import copy
+import threading
 import warnings
 from typing import Any
 
@@ -498,3 +500,76 @@ def test_channels_last_layer_output_is_refused_with_the_fix() -> None:
     fixed = backlight.grad_cam(swin, x, 1, layer="norm", reshape=lambda t: t.permute(0, 3, 1, 2))
     assert fixed.shape == (1, 1, 7, 7) and fixed.abs().sum() > 0
     torch.testing.assert_close(fixed, backlight.grad_cam(swin, x, 1, layer="permute"))
+
+
+# --- threads --------------------------------------------------------------------------------
+
+
+def test_four_threads_on_one_fresh_model_equal_sequential_runs() -> None:
+    """Default-layer CAMs (a fresh model: the default layer is found while the others run),
+    excitation backprop and RISE from four threads at once give the sequential maps."""
+    import torchvision
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return torchvision.models.resnet18(num_classes=10).eval()
+
+    x = torch.randn(2, 3, 64, 64)
+    calls = {
+        "grad_cam": lambda m: backlight.grad_cam(m, x, [1, 2]),
+        "score_cam": lambda m: backlight.score_cam(m, x, [1, 2], progress=False),
+        "excitation_backprop": lambda m: backlight.excitation_backprop(
+            m, x, [1, 2], layer="layer3"
+        ),
+        "rise": lambda m: backlight.rise(m, x, [1, 2], num_masks=64, progress=False),
+    }
+    reference = fresh()
+    expected = {name: call(reference) for name, call in calls.items()}
+    for _ in range(3):
+        model = fresh()  # nothing cached for it yet
+        before = _snapshot(model)
+        results = _in_threads(model, calls)
+        for name, maps in results.items():
+            torch.testing.assert_close(maps, expected[name], rtol=1e-4, atol=1e-6)
+        _assert_unchanged(model, before)
+
+
+def _in_threads(model: nn.Module, calls: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Each call in a thread of its own, all started at once; their results."""
+    start = threading.Barrier(len(calls))
+    results: dict[str, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            start.wait(timeout=30)
+            results[name] = calls[name](model)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return results
+
+
+def test_default_layer_from_three_threads() -> None:
+    """The issue's case: three threads calling grad_cam(m, x, 3) with no layer on one fresh
+    ResNet-18 all get the layer4 map."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    twin = copy.deepcopy(model)  # computed on a copy: nothing is cached for `model` itself
+    expected = backlight.grad_cam(twin, x, 3)
+    torch.testing.assert_close(expected, backlight.grad_cam(twin, x, 3, layer="layer4"))
+    calls = {str(i): lambda m: [backlight.grad_cam(m, x, 3) for _ in range(5)] for i in range(3)}
+    results = _in_threads(model, calls)
+    assert len(results) == 3
+    for runs in results.values():
+        for maps in runs:
+            torch.testing.assert_close(maps, expected)
