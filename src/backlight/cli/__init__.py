@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from .._layers import trace
 from .._registry import list_methods
 from ._errors import CliError, Failure, UsageError
-from ._explain import Job, compute, load_images, parse_methods, parse_settings, parse_target, write
+from ._explain import (
+    Job,
+    compute,
+    load_images,
+    logits_of,
+    parse_methods,
+    parse_settings,
+    parse_target,
+    write,
+)
 from ._models import load_model
+from ._outputs import file_stems
 
 __all__ = ["main"]
 
@@ -68,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list the methods with their options")
 
     layers = commands.add_parser("layers", help="list a model's modules with output shapes")
-    _model_options(layers)
+    _model_options(layers, weights="random")
 
     bench = commands.add_parser(
         "bench", help="score every method on synthetic shapes with ground-truth masks"
@@ -90,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, weights: str = "DEFAULT") -> None:
     parser.add_argument(
         "--model",
         default="resnet50",
@@ -98,8 +109,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weights",
-        default="DEFAULT",
-        help="DEFAULT (downloads once), random, or a state-dict file (default DEFAULT)",
+        default=weights,
+        help=f"DEFAULT (downloads once), random, or a state-dict file (default {weights})",
     )
     parser.add_argument("--size", type=int, help="input side in pixels (default: the weights')")
     parser.add_argument("--classes", help="a text file with one class name per line")
@@ -111,7 +122,14 @@ def _categories(args: argparse.Namespace, default: list[str] | None) -> list[str
     path = Path(args.classes)
     if not path.is_file():
         raise Failure(f"classes file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise Failure(f"cannot read --classes {path} as UTF-8 text: {e}") from e
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UsageError(f"--classes {path} holds no names; write one class name per line")
+    return names
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -121,7 +139,12 @@ def _explain(args: argparse.Namespace) -> int:
     names, shown, x = load_images(args.images, loaded.preprocess)
     categories = _categories(args, loaded.categories)
     with torch.inference_mode():
-        classes = int(loaded.model(x[:1]).shape[-1])
+        classes = int(logits_of(loaded.model, x[:1]).shape[1])
+    if args.classes and categories is not None and len(categories) != classes:
+        raise UsageError(
+            f"--classes {args.classes} has {len(categories)} names, but the model has {classes} "
+            "classes; give one name per class, in the order of the model's outputs"
+        )
     job = Job(
         model=loaded.model,
         names=names,
@@ -141,6 +164,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _run(job: Job, out: Path, quiet: bool) -> int:
     start = time.perf_counter()
+    job.names = file_stems(job.names, [m.name for m in job.methods])
     result = compute(job)
     written = write(job, result, out)
     if not quiet:
@@ -166,37 +190,23 @@ def _methods() -> int:
 def _layers(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights, size=args.size)
     size = args.size or getattr(loaded.preprocess, "crop", 224)
-    shapes: dict[str, list[tuple[int, ...]]] = {}
-    kinds: dict[str, str] = {}
-
-    def hook(name: str):  # type: ignore[no-untyped-def]
-        def record(module: nn.Module, inputs: object, output: object) -> None:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            shapes.setdefault(name, []).append(shape)
-
-        return record
-
-    handles = []
-    for name, module in loaded.model.named_modules():
-        if name:
-            kinds[name] = type(module).__name__
-            handles.append(module.register_forward_hook(hook(name)))
     try:
-        with torch.inference_mode():
-            loaded.model(torch.zeros(1, 3, size, size))
-    finally:
-        for handle in handles:
-            handle.remove()
+        seen = trace(loaded.model, torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise Failure(f"the model raised {type(e).__name__} on a {size}x{size} image: {e}") from e
     print(f"{'layer':40s} {'type':24s} output (1 image of {size}x{size})")
-    for name, kind in kinds.items():
-        seen = shapes.get(name)
-        if seen is None:
+    for name, module in loaded.model.named_modules():
+        if not name:
+            continue
+        outputs = seen.outputs.get(name)
+        if outputs is None:
             text = "not called"
-        elif len(seen) > 1:
-            text = f"{seen[0]} (called {len(seen)} times: not usable as --layer)"
         else:
-            text = str(seen[0]) if seen[0] else "(not a tensor)"
-        print(f"{name:40s} {kind:24s} {text}")
+            shape = tuple(outputs[0]) if isinstance(outputs[0], torch.Size) else outputs[0]
+            text = str(shape) if isinstance(outputs[0], torch.Size) else f"({shape}, not a tensor)"
+            if len(outputs) > 1:
+                text += f" (called {len(outputs)} times: not usable as --layer)"
+        print(f"{name:40s} {type(module).__name__:24s} {text}")
     return 0
 
 
@@ -260,11 +270,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         return _demo(args)
     except CliError as e:
-        print(f"backlight: error: {e}", file=sys.stderr)
+        print(f"backlight: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("backlight: interrupted", file=sys.stderr)
+        print("backlight: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as e:  # anything unforeseen is still one line and exit code 1
+        if os.environ.get("BACKLIGHT_TRACEBACK"):
+            raise
+        print(
+            f"backlight: error: {type(e).__name__}: {_one_line(str(e))} (set "
+            "BACKLIGHT_TRACEBACK=1 to see where)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def console() -> None:

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from .. import viz
 from .._registry import MethodInfo, get_method, list_methods
-from ..errors import BacklightError, LayerNotFoundError, OptionError, TargetError
+from ..errors import BacklightError, LayerError, LayerNotFoundError, OptionError, TargetError
 from ._errors import Failure, UsageError
+from ._outputs import staged
 
 
 def parse_methods(text: str) -> list[MethodInfo]:
@@ -214,9 +215,7 @@ def _class_name(categories: Sequence[str] | None, index: int) -> str:
 
 def compute(job: Job) -> Result:
     with torch.inference_mode():
-        logits = job.model(job.x)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise Failure("the model does not return logits (N, classes); explain it from Python")
+        logits = logits_of(job.model, job.x)
     classes = logits.shape[1]
     categories = job.categories if job.categories and len(job.categories) == classes else None
     probabilities = logits.softmax(dim=1)
@@ -236,10 +235,12 @@ def compute(job: Job) -> Result:
         start = time.perf_counter()
         try:
             result = method.function(job.model, job.x, targets, **options)
-        except (LayerNotFoundError, TargetError, OptionError) as e:
+        except (LayerNotFoundError, LayerError, TargetError, OptionError) as e:
             raise UsageError(f"{method.name}: {e}") from e
         except BacklightError as e:
             raise Failure(f"{method.name}: {e}") from e
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+            raise Failure(f"{method.name}: the model raised {type(e).__name__}: {e}") from e
         times[method.name] = time.perf_counter() - start
         tensor = result if isinstance(result, torch.Tensor) else result.maps
         if tensor.shape[1] not in (1, 3):
@@ -249,32 +250,45 @@ def compute(job: Job) -> Result:
     return Result(maps, settings, times, predictions, targets)
 
 
-def write(job: Job, result: Result, out: Path) -> list[Path]:
-    """One overlay PNG per image and method, ``grid.png`` and ``report.html`` in ``out``."""
-    written: list[Path] = []
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits (N, classes) for ``x`` (a copy: the model may write into it)."""
     try:
-        renders = {name: viz.overlay(job.shown, maps) for name, maps in result.maps.items()}
-        titles = [
-            f"{name}\n{top[0][0]} {top[0][1]:.2f}"
-            for name, top in zip(job.names, result.predictions, strict=True)
-        ]
-        picture = viz.grid(job.shown, result.maps, row_titles=titles)
+        logits = model(x.clone())
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        shape = "x".join(str(d) for d in x.shape[1:])
+        raise Failure(
+            f"the model raised {type(e).__name__} on the images ({shape}): {e}; check --size "
+            "and that the model takes 3-channel images"
+        ) from e
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise Failure("the model does not return logits (N, classes); explain it from Python")
+    return logits
+
+
+def write(job: Job, result: Result, out: Path) -> list[Path]:
+    """One overlay PNG per image and method, ``grid.png`` and ``report.html`` in ``out``: all of
+    them, or (on any failure, Ctrl-C included) none (:func:`staged`)."""
+    renders = {name: viz.overlay(job.shown, maps) for name, maps in result.maps.items()}
+    titles = [
+        f"{name}\n{top[0][0]} {top[0][1]:.2f}"
+        for name, top in zip(job.names, result.predictions, strict=True)
+    ]
+    picture = viz.grid(job.shown, result.maps, row_titles=titles)
+    names: list[str] = []
+    with staged(out) as stage:
         for method, pictures in renders.items():
             for name, image in zip(job.names, pictures, strict=True):
-                written.append(viz.save_png(out / f"{name}_{method}.png", image))
-        written.append(viz.save_png(out / "grid.png", picture))
-        written.append(
-            viz.report(
-                out / "report.html",
-                job.shown,
-                result.maps,
-                predictions=result.predictions,
-                settings=result.settings,
-                times=result.times,
-                title=job.title,
-                image_names=job.names,
-            )
+                names.append(viz.save_png(stage / f"{name}_{method}.png", image).name)
+        names.append(viz.save_png(stage / "grid.png", picture).name)
+        report = viz.report(
+            stage / "report.html",
+            job.shown,
+            result.maps,
+            predictions=result.predictions,
+            settings=result.settings,
+            times=result.times,
+            title=job.title,
+            image_names=job.names,
         )
-    except OSError as e:
-        raise Failure(f"cannot write to {out}: {e}") from e
-    return written
+        names.append(report.name)
+    return [Path(out) / name for name in names]

@@ -22,6 +22,10 @@ from torchvision.transforms import InterpolationMode
 
 from ._errors import Failure, UsageError
 
+#: The input sides --size accepts: below, no CNN has a feature map left; above, one image is
+#: hundreds of megabytes of activations.
+MIN_SIZE, MAX_SIZE = 8, 4096
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -80,6 +84,8 @@ def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedMod
     """``spec``: a torchvision name, a timm name (when timm is installed), or
     ``path/to/file.py:factory``. ``weights``: ``DEFAULT`` (or another weights name of the
     architecture), ``random``, or a state-dict file."""
+    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+        raise UsageError(f"--size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}")
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         return _load_user_model(spec, weights, size)
     if spec in _torchvision_names():
@@ -101,8 +107,8 @@ def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
     categories = list(default.meta.get("categories") or []) or None
     transforms = default.transforms()
     preprocess = Preprocess(
-        resize=size or int(transforms.resize_size[0]),
-        crop=size or int(transforms.crop_size[0]),
+        resize=size if size is not None else int(transforms.resize_size[0]),
+        crop=size if size is not None else int(transforms.crop_size[0]),
         mean=tuple(transforms.mean),
         std=tuple(transforms.std),
         interpolation=transforms.interpolation,
@@ -142,9 +148,9 @@ def _load_timm(timm: Any, name: str, weights: str, size: int | None) -> LoadedMo
     if weights not in ("DEFAULT", "random"):
         load_state_file(model, weights)
     config = timm.data.resolve_data_config({}, model=model)
-    crop = size or int(config["input_size"][-1])
+    crop = size if size is not None else int(config["input_size"][-1])
     preprocess = Preprocess(
-        resize=size or round(crop / config.get("crop_pct", 0.875)),
+        resize=size if size is not None else round(crop / config.get("crop_pct", 0.875)),
         crop=crop,
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
@@ -172,20 +178,27 @@ def _load_user_model(spec: str, weights: str, size: int | None) -> LoadedModel:
         raise UsageError(
             f"{path} has no callable {factory_name!r}; it defines {', '.join(sorted(names))}"
         )
-    model = factory()
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: any error is theirs to see, in one line
+        raise Failure(f"{spec}() raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise Failure(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
     if weights not in ("DEFAULT", "random"):
         load_state_file(model, weights)
     classes = getattr(model, "classes", None)
     categories = [str(c) for c in classes] if isinstance(classes, Sequence) and classes else None
-    preprocess = Preprocess(resize=size or 256, crop=size or 224)
+    preprocess = Preprocess(
+        resize=size if size is not None else 256, crop=size if size is not None else 224
+    )
     return LoadedModel(model.eval(), spec, weights, categories, preprocess)
 
 
 def load_state_file(model: nn.Module, path_text: str) -> None:
     """Load a state dict with ``torch.load(..., weights_only=True)``: no code is unpickled."""
     path = Path(path_text)
+    if path.is_dir():
+        raise Failure(f"--weights {path} is a folder; give a state-dict file")
     if not path.is_file():
         raise Failure(
             f"weights file not found: {path} (--weights takes DEFAULT, random, or a file)"
@@ -193,13 +206,18 @@ def load_state_file(model: nn.Module, path_text: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise Failure(
-            f"{path} is not a plain state dict (torch.load with weights_only=True refused it: "
-            "it holds objects other than tensors); save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from e
-    except (RuntimeError, OSError, EOFError) as e:
-        raise Failure(f"cannot read weights from {path}: {e}") from e
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise Failure(
+                f"{path} is not a plain state dict (torch.load with weights_only=True refused it: "
+                "it holds objects other than tensors); save it with "
+                "torch.save(model.state_dict(), path)"
+            ) from e
+        raise Failure(f"{path} is not a file saved by torch.save (it cannot be unpickled)") from e
+    except (
+        Exception
+    ) as e:  # torch.load raises KeyError, EOFError, RuntimeError... on non-torch files
+        kind = "an empty file" if path.stat().st_size == 0 else "not a file saved by torch.save"
+        raise Failure(f"cannot read weights from {path}: {kind} ({type(e).__name__})") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -207,6 +225,8 @@ def load_state_file(model: nn.Module, path_text: str) -> None:
         raise Failure(f"{path} holds a {type(state).__name__}, not a state dict")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise Failure(f"{path} holds a dict, but not one of parameter names to tensors")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that differ

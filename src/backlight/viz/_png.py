@@ -26,7 +26,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     target.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        # the name cut to 200 bytes, so that a name near the file system's limit still has room
+        short = target.name.encode()[:200].decode(errors="ignore")
+        temporary = target.with_name(f".{short}.{secrets.token_hex(6)}.tmp")
         try:
             descriptor = os.open(temporary, flags, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits collided
