@@ -573,3 +573,163 @@ def test_default_layer_from_three_threads() -> None:
     for runs in results.values():
         for maps in runs:
             torch.testing.assert_close(maps, expected)
+
+
+# --- the sweep: every public function, every argument, hostile values -------------------------
+
+HOSTILE = [
+    None,
+    "x",
+    -1,
+    0,
+    1.5,
+    INF,
+    NAN,
+    10**12,
+    -(10**12),
+    True,
+    [],
+    [1, 2, 3],
+    (1,),
+    {},
+    np.zeros((2, 2)),
+    torch.zeros(0),
+    torch.zeros(2, 2, 2, 2, 2),
+    torch.full((2, 1, 8, 8), NAN),
+    object(),
+]
+
+
+def _sweep_targets() -> dict[str, tuple[Any, list[str]]]:
+    from backlight import data, viz
+
+    torch.manual_seed(0)
+    model = Writes(inplace=False).eval()
+    x, image, maps = torch.rand(2, 3, 8, 8), torch.rand(3, 8, 8), torch.rand(2, 1, 8, 8)
+    masks = torch.ones(2, 8, 8, dtype=torch.bool)
+
+    def bind(function: Any, **fixed: Any) -> Any:
+        return lambda **k: function(**{**fixed, **k})
+
+    targets: dict[str, tuple[Any, list[str]]] = {
+        "viz.colorize": (bind(viz.colorize, maps=maps[0]), ["maps", "cmap", "mode", "percentile"]),
+        "viz.normalize": (bind(viz.normalize, maps=maps), ["maps", "mode", "percentile"]),
+        "viz.overlay": (
+            bind(viz.overlay, image=image, map=maps[0]),
+            ["image", "map", "alpha", "cmap", "mode", "percentile"],
+        ),
+        "viz.render_rgb": (
+            bind(viz.render_rgb, gradient=torch.randn(3, 8, 8)),
+            ["gradient", "mode", "k", "percentile"],
+        ),
+        "viz.grid": (
+            bind(viz.grid, images=x, maps={"m": maps}),
+            [
+                "images",
+                "maps",
+                "row_titles",
+                "show_images",
+                "alpha",
+                "cmap",
+                "mode",
+                "percentile",
+                "rgb_k",
+                "cell_size",
+                "font_size",
+            ],
+        ),
+        "viz.colormap": (viz.colormap, ["name"]),
+        "metrics.pointing_game": (
+            bind(metrics.pointing_game, saliency=maps, class_ids=[0, 1], masks=masks),
+            ["saliency", "class_ids", "masks", "difficult", "tolerance", "num_classes"],
+        ),
+        "metrics.PointingGame": (metrics.PointingGame, ["num_classes", "tolerance"]),
+        "metrics.spearman": (bind(metrics.spearman, a=maps, b=maps), ["a", "b"]),
+        "metrics.ssim": (bind(metrics.ssim, a=maps, b=maps), ["a", "b", "win_size", "data_range"]),
+        "metrics.max_point": (bind(metrics.max_point, saliency=maps[0]), ["saliency", "size"]),
+        "metrics.boxes_to_mask": (
+            bind(metrics.boxes_to_mask, boxes=[(0, 0, 4, 4)], size=(8, 8)),
+            ["boxes", "size"],
+        ),
+        "metrics.polygons_to_mask": (
+            bind(metrics.polygons_to_mask, polygons=[[0, 0, 4, 0, 4, 4]], size=(8, 8)),
+            ["polygons", "size"],
+        ),
+        "metrics.deletion": (
+            bind(metrics.deletion, model=model, x=x, saliency=maps, progress=False),
+            ["model", "x", "saliency", "target", "steps", "batch_size", "probability", "substrate"],
+        ),
+        "metrics.randomization": (
+            bind(metrics.randomization, model=model, x=x, method="gradient", progress=False),
+            ["model", "x", "method", "target", "options", "mode", "layers", "seed", "keep_maps"],
+        ),
+        "metrics.blur": (bind(metrics.blur, x=x), ["x", "kernel_size", "sigma"]),
+        "data.make_batch": (bind(data.make_batch, n=2, size=16), ["n", "seed", "start", "size"]),
+        "RiseMasks": (
+            bind(backlight.RiseMasks, size=(8, 8), num_masks=4),
+            ["size", "num_masks", "cells", "p", "seed"],
+        ),
+        "vit_reshape": (
+            bind(backlight.vit_reshape, tokens=torch.zeros(1, 5, 4)),
+            ["tokens", "prefix_tokens"],
+        ),
+        "GuidedBackpropContext": (backlight.GuidedBackpropContext, ["clipped_relu", "warn"]),
+        "get_method": (backlight.get_method, ["name"]),
+        "list_methods": (backlight.list_methods, ["family"]),
+        "default_cam_layer": (bind(backlight.default_cam_layer, model=model, x=x), ["model", "x"]),
+        "smooth_grad": (
+            bind(
+                backlight.smooth_grad,
+                method="gradient",
+                model=model,
+                x=x,
+                samples=2,
+                progress=False,
+            ),
+            ["method", "model", "x", "target", "samples", "noise", "seed", "batch_size"],
+        ),
+        "metrics.benchmark": (
+            bind(
+                metrics.benchmark,
+                methods=["gradient"],
+                images=2,
+                randomization_images=1,
+                progress=False,
+            ),
+            [
+                "methods",
+                "images",
+                "seed",
+                "tolerance",
+                "steps",
+                "randomization_images",
+                "quick",
+                "batch_size",
+                "baseline",
+            ],
+        ),
+    }
+    for info in backlight.list_methods():
+        function = bind(info.function, model=model, x=x, target=1, **info.quick)
+        options = [o for o in info.options if o != "progress"]
+        targets[info.name] = (function, ["model", "x", "target", *options])
+    return targets
+
+
+def test_every_public_function_fails_typed_on_hostile_values() -> None:
+    """About 4,000 calls: each works or raises a BacklightError, never another exception (a raw
+    TypeError from deep inside, an OverflowError, an allocation of terabytes)."""
+    untyped = []
+    calls = 0
+    for label, (function, arguments) in _sweep_targets().items():
+        for argument in arguments:
+            for value in HOSTILE:
+                calls += 1
+                try:
+                    function(**{argument: value})
+                except backlight.BacklightError:
+                    pass
+                except Exception as e:  # collected and shown all at once
+                    untyped.append(f"{label}({argument}={value!r:.30}): {type(e).__name__}: {e}")
+    assert calls > 3000
+    assert untyped == []

@@ -145,8 +145,16 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
     return x
 
 
+def is_choice(value: Any, choices: tuple[Any, ...]) -> bool:
+    """Whether ``value`` is one of ``choices`` (strings, ``None``), tested without ``==`` on
+    arrays or tensors, whose comparison has no single truth value."""
+    if value is None:
+        return None in choices
+    return isinstance(value, str) and value in choices
+
+
 def check_reduce(reduce: Any) -> Reduce:
-    if reduce is None or reduce in REDUCTIONS:
+    if is_choice(reduce, (None, *REDUCTIONS)):
         return reduce  # type: ignore[no-any-return]
     raise OptionError(
         f"`reduce` must be one of {', '.join(repr(r) for r in REDUCTIONS)} or None, not {reduce!r}"
@@ -266,13 +274,16 @@ def _bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
 def check_autocast(value: Any) -> torch.dtype | None:
     """The reduced precision of an ``autocast`` option: None, bfloat16 or float16."""
-    if value not in (None, torch.bfloat16, torch.float16):
+    if value is not None and not (isinstance(value, torch.dtype) and value in _REDUCED):
         raise OptionError(
             f"`autocast` must be None, torch.bfloat16 or torch.float16, not {value!r}"
         )
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def check_fraction(name: str, value: Any, *, closed: bool = True) -> float:

@@ -66,11 +66,18 @@ def register(
 
 def list_methods(family: str | None = None) -> list[MethodInfo]:
     """Every registered method, in registration order, optionally of one family."""
+    families = {m.family for m in _REGISTRY.values()}
+    if family is not None and (not isinstance(family, str) or family not in families):
+        raise OptionError(
+            f"`family` must be None or one of {', '.join(sorted(families))}, not {family!r}"
+        )
     return [m for m in _REGISTRY.values() if family is None or m.family == family]
 
 
 def get_method(name: str) -> MethodInfo:
     """The method registered under ``name`` or one of its aliases."""
+    if not isinstance(name, str):
+        raise OptionError(f"a method name must be a string, such as 'grad_cam', not {name!r}")
     for info in _REGISTRY.values():
         if name == info.name or name in info.aliases:
             return info

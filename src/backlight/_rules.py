@@ -37,7 +37,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from .errors import MethodNotApplicableError
+from .errors import MethodNotApplicableError, OptionError
 
 __all__ = ["DeConvNetContext", "GuidedBackpropContext", "RuleNotAppliedWarning"]
 
@@ -250,6 +250,9 @@ class _RuleContext(ModeContext):
 
     def __init__(self, *, clipped_relu: bool = True, warn: bool = True) -> None:
         super().__init__()
+        for name, value in (("clipped_relu", clipped_relu), ("warn", warn)):
+            if not isinstance(value, bool):
+                raise OptionError(f"`{name}` must be True or False, not {value!r}")
         self.clipped_relu = clipped_relu
         self.warn = warn
         self._count = 0

@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeAlias, TypeGuard
 
 import torch
 
+from ._checks import is_choice
 from ._types import Target
 from .errors import OptionError, TargetError
 
@@ -144,7 +145,7 @@ Probability: TypeAlias = Literal["softmax", "sigmoid"] | None
 
 
 def check_probability(probability: Any) -> Probability:
-    if probability not in ("softmax", "sigmoid", None):
+    if not is_choice(probability, ("softmax", "sigmoid", None)):
         raise OptionError(
             f"`probability` must be 'softmax', 'sigmoid' or None, not {probability!r}"
         )

@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_memory
 from ..errors import OptionError
 
 __all__ = ["CLASSES", "IMAGE_SIZE", "Sample", "SyntheticShapes", "make_batch"]
@@ -205,6 +206,12 @@ def make_batch(
     n = _check_int("n", n, 1, None)
     start = _check_int("start", start, 0, None)
     data = SyntheticShapes(start + n, seed=seed, size=size)
+    check_memory(  # images and masks, each made once and stacked once
+        2 * 4 * 4 * n * data.size**2,
+        torch.device("cpu"),
+        what=f"`n`={n} synthetic images of {data.size}x{data.size}",
+        fix="make them in smaller batches (`start` picks where a batch begins)",
+    )
     samples = [data[i] for i in range(start, start + n)]
     images = torch.stack([s.image for s in samples])
     labels = torch.tensor([s.label for s in samples], dtype=torch.int64)

@@ -11,6 +11,7 @@ the ``backlight`` logger.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
@@ -22,10 +23,12 @@ from tqdm.auto import tqdm
 from .._checks import (
     check_flag,
     check_input,
+    check_int,
     check_memory,
     check_model,
     check_positive_int,
     check_reduce,
+    is_choice,
 )
 from .._layers import default_cam_layer
 from .._pipeline import Capture, reduce_channels, require_feature_map, resize_to, run
@@ -34,7 +37,7 @@ from .._rules import GuidedBackpropContext
 from .._state import explaining
 from .._targets import class_indices
 from .._types import Layer, Reduce, Target
-from ..errors import LayerError, OptionError
+from ..errors import InputTypeError, LayerError, OptionError
 from .gradients import _saliency
 
 __all__ = [
@@ -67,13 +70,16 @@ def vit_reshape(tokens: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
         >>> backlight.vit_reshape(torch.zeros(2, 1 + 14 * 14, 768)).shape
         torch.Size([2, 768, 14, 14])
     """
+    if not isinstance(tokens, torch.Tensor):
+        raise InputTypeError(f"vit_reshape takes a tensor of tokens, not {type(tokens).__name__}")
+    prefix_tokens = check_int("prefix_tokens", prefix_tokens, low=0)
     if tokens.dim() != 3:
         raise LayerError(
             f"vit_reshape expects tokens of shape (N, tokens, dim), got {tuple(tokens.shape)}; "
             "choose a layer that outputs a token sequence, e.g. a ViT block's 'ln_1'"
         )
     n, count, dim = tokens.shape
-    side = round((count - prefix_tokens) ** 0.5)
+    side = math.isqrt(max(count - prefix_tokens, 0))
     if count - prefix_tokens <= 0 or side * side != count - prefix_tokens:
         raise LayerError(
             f"vit_reshape: {count} tokens minus {prefix_tokens} prefix token(s) is not a square "
@@ -474,7 +480,7 @@ def score_cam(
         isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
     ):
         raise OptionError(f"`channels` must be None or a positive int, not {channels!r}")
-    if weighting not in ("probability", "channel_softmax"):
+    if not is_choice(weighting, ("probability", "channel_softmax")):
         raise OptionError(
             f"`weighting` must be 'probability' or 'channel_softmax', not {weighting!r}"
         )

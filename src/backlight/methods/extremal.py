@@ -27,6 +27,7 @@ from .._checks import (
     check_model,
     check_positive_real,
     check_seed,
+    is_choice,
 )
 from .._checks import check_fraction as _fraction
 from .._checks import check_positive_int as _positive_int
@@ -192,11 +193,11 @@ def extremal_perturbation(
     model = check_model(model)
     x = check_input(x, model)
     area_list = _areas(areas)
-    if variant not in ("preserve", "delete", "dual"):
+    if not is_choice(variant, ("preserve", "delete", "dual")):
         raise OptionError(f"`variant` must be 'preserve', 'delete' or 'dual', not {variant!r}")
-    if perturbation not in ("blur", "fade"):
+    if not is_choice(perturbation, ("blur", "fade")):
         raise OptionError(f"`perturbation` must be 'blur' or 'fade', not {perturbation!r}")
-    if jitter not in ("alternate", "random", None):
+    if not is_choice(jitter, ("alternate", "random", None)):
         raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
     max_iter = _positive_int("max_iter", max_iter)
     num_levels = _positive_int("num_levels", num_levels, high=_MAX_LEVELS)

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_flag, check_positive_int, check_real
 from .._registry import MethodInfo, get_method, list_methods
 from ..errors import OptionError
 from ..viz import save_png
@@ -150,7 +151,19 @@ def benchmark(
     from ..data import make_batch
     from ..demo import CAM_LAYER, METHOD_SETTINGS, load_demo_model
 
+    if methods is not None and (isinstance(methods, str) or not isinstance(methods, Sequence)):
+        raise OptionError(
+            f"`methods` must be a list of method names or None for all, not {methods!r}"
+        )
+    quick, baseline = check_flag("quick", quick), check_flag("baseline", baseline)
+    progress = check_flag("progress", progress)
+    batch_size = check_positive_int("batch_size", batch_size)
+    steps = check_positive_int("steps", steps)
+    randomization_images = check_positive_int("randomization_images", randomization_images)
+    tolerance = check_real("tolerance", tolerance, low=0.0)
     infos = list_methods() if methods is None else [_method(m) for m in methods]
+    if not infos:
+        raise OptionError("`methods` is empty; name at least one method, or pass None for all")
     if baseline:
         infos.append(MethodInfo("centre (baseline)", _centre, "baseline", "a centred blob", "-"))
     if not isinstance(images, int) or isinstance(images, bool) or images < 1:

@@ -311,6 +311,8 @@ def _substrate(substrate: Substrate, x: torch.Tensor) -> torch.Tensor:
         if substrate == "blur":
             return blur(x)
     elif isinstance(substrate, torch.Tensor):
+        if not bool(torch.isfinite(substrate).all()):
+            raise InputError("`substrate` contains NaN or infinite values")
         try:
             return substrate.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
         except RuntimeError:

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._checks import is_choice
 from ..errors import DatasetError, DatasetNotFoundError, OptionError
+from ._common import size_pair
 from ._pointing import boxes_to_mask, is_difficult
 
 __all__ = [
@@ -358,7 +360,7 @@ class COCO2014(Sequence[PointingSample]):
                 f"the image folder {str(self.images)!r} does not exist; point `root` at the "
                 "folder holding val2014/, or pass `images`"
             )
-        if mask_backend not in ("auto", "pycocotools", "numpy"):
+        if not is_choice(mask_backend, ("auto", "pycocotools", "numpy")):
             raise OptionError(
                 f"`mask_backend` must be 'auto', 'pycocotools' or 'numpy', not {mask_backend!r}"
             )
@@ -469,10 +471,19 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], size: tuple[int, int])
                 [0, 1, 1, 0],
                 [0, 0, 0, 0]], dtype=torch.int32)
     """
-    height, width = size
+    height, width = size_pair("size", size)
+    if not isinstance(polygons, Sequence) or isinstance(polygons, str):
+        raise DatasetError(
+            f"`polygons` must be a list of [x1, y1, x2, y2, ...] lists, not {polygons!r}"
+        )
     mask = np.zeros((height, width), dtype=bool)
     for polygon in polygons:
-        points = np.asarray([float(v) for v in polygon], dtype=np.float64)
+        try:
+            points = np.asarray([float(v) for v in polygon], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DatasetError(
+                f"a COCO polygon must be a list of numbers [x1, y1, x2, y2, ...], not {polygon!r}"
+            ) from None
         if points.shape[0] < 6 or points.shape[0] % 2 or not np.isfinite(points).all():
             raise DatasetError(
                 f"a COCO polygon needs at least 3 (x, y) points, got {points.shape[0]} numbers"

@@ -20,6 +20,9 @@ import torch
 from ..errors import InputError, InputTypeError, OptionError, TargetError
 from ._common import resize_maps, saliency_batch, size_pair
 
+#: No data set has more classes than this; a larger count is a mistake.
+_MAX_CLASSES = 10**7
+
 __all__ = [
     "PointingGame",
     "PointingResult",
@@ -195,6 +198,11 @@ class PointingGame:
             or num_classes < 1
         ):
             raise OptionError(f"`num_classes` must be a positive int or None, not {num_classes!r}")
+        if num_classes is not None and num_classes > _MAX_CLASSES:
+            raise OptionError(
+                f"`num_classes` {num_classes} is more than {_MAX_CLASSES:,} (the tables hold a "
+                "count per class); pass the number of classes of the data set"
+            )
         if (
             isinstance(tolerance, bool)
             or not isinstance(tolerance, numbers.Real)
@@ -363,6 +371,11 @@ def pointing_game(
     if (masks is None) == (boxes is None):
         raise OptionError("give exactly one of `masks` and `boxes`")
     if masks is not None:
+        if not isinstance(masks, torch.Tensor | Sequence):
+            raise InputTypeError(
+                f"`masks` must be a tensor (N, H, W) or a sequence of (H, W) masks, not "
+                f"{type(masks).__name__}"
+            )
         if isinstance(masks, torch.Tensor) and masks.dim() == 2:
             raise InputError(
                 f"`masks` has shape {tuple(masks.shape)}; give one mask per map, (N, H, W)"
@@ -372,6 +385,10 @@ def pointing_game(
             raise InputError(f"`masks` holds {len(regions)} masks for {n} maps; give one per map")
     else:
         assert boxes is not None
+        if not isinstance(boxes, Sequence):
+            raise InputTypeError(
+                f"`boxes` must be a sequence of box tables, one per map, not {type(boxes).__name__}"
+            )
         tables = list(boxes)
         if len(tables) != n:
             raise InputError(
@@ -500,7 +517,16 @@ def _class_list(class_ids: Any, n: int) -> list[int]:
 def _flag_list(difficult: Any, n: int) -> list[bool]:
     if difficult is None:
         return [False] * n
-    values = difficult.tolist() if isinstance(difficult, torch.Tensor) else list(difficult)
+    if isinstance(difficult, torch.Tensor) and difficult.dim() == 1:
+        values = difficult.tolist()
+    elif isinstance(difficult, Sequence) and not isinstance(difficult, str):
+        values = list(difficult)
+    else:
+        raise OptionError(
+            f"`difficult` must be a sequence of booleans, one per map, not {difficult!r}"
+        )
+    if not all(isinstance(v, bool | int) for v in values):
+        raise OptionError(f"`difficult` must hold booleans, not {values[:4]!r}")
     if len(values) != n:
         raise OptionError(f"`difficult` holds {len(values)} flags for {n} maps; give one per map")
     return [bool(v) for v in values]

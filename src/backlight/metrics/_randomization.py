@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_input, check_model
+from .._checks import check_input, check_model, is_choice
 from .._layers import resolve_layer, trace
 from .._registry import get_method
 from .._state import autograd_on
@@ -136,7 +136,7 @@ def randomization(
     x = check_input(x, model).detach()
     function = _method(method)
     kwargs = _options(options)
-    if mode not in ("cascading", "independent"):
+    if not is_choice(mode, ("cascading", "independent")):
         raise OptionError(f"`mode` must be 'cascading' or 'independent', not {mode!r}")
     seed = integer("seed", seed)
     keep_maps = flag("keep_maps", keep_maps)
@@ -159,6 +159,8 @@ def randomization(
                 "`layers` must be a sequence of layer names or modules, e.g. ['fc', 'layer4']"
             )
         names = [resolve_layer(model, layer)[0] for layer in layers]
+        if not names:
+            raise OptionError("`layers` is empty; name at least one layer, or pass None for all")
         for name in names:
             if not any(True for _ in work.get_submodule(name).parameters()):
                 raise OptionError(f"`layers`: {name!r} has no parameters to randomize")

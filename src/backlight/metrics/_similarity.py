@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_positive_real
 from ..errors import InputError, OptionError
 
 __all__ = ["spearman", "ssim"]
@@ -85,8 +86,7 @@ def ssim(
         or win_size % 2 == 0
     ):
         raise OptionError(f"`win_size` must be an odd int of at least 3, not {win_size!r}")
-    if not data_range > 0:
-        raise OptionError(f"`data_range` must be positive, not {data_range!r}")
+    data_range = check_positive_real("data_range", data_range)
     n, c, h, w = a.shape
     side = min(win_size, h, w)
     side -= 1 - side % 2
@@ -117,7 +117,15 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         raise InputError(f"the maps differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() < 2 or a.numel() == 0:
         raise InputError(f"the maps must be (N, ...) with N samples, got {tuple(a.shape)}")
-    return a.detach().double().cpu(), b.detach().double().cpu()
+    if a.is_complex() or b.is_complex():
+        raise InputError("the maps must hold real numbers")
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InputError(
+            "the maps contain NaN or infinite values, which have no rank; clean them "
+            "(torch.nan_to_num) or find where they come from"
+        )
+    return a, b
 
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:

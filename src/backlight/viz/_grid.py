@@ -115,6 +115,8 @@ def grid(
         ((174, 291, 3), dtype('uint8'))
     """
     methods = check_methods(maps)
+    if not isinstance(show_images, bool):
+        raise OptionError(f"`show_images` must be True or False, not {show_images!r}")
     if not methods and not show_images:
         raise OptionError("`maps` is empty and `show_images` is False: the grid would be empty")
     style = Style.checked(

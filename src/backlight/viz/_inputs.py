@@ -201,7 +201,13 @@ def check_positive(name: str, value: Any) -> float:
     return number
 
 
+#: The largest panel, cell or font size in pixels: a 4096-pixel panel is already 48 MB.
+MAX_PIXELS = 4096
+
+
 def check_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise OptionError(f"`{name}` must be a positive integer (pixels), not {value!r}")
+    if int(value) > MAX_PIXELS:
+        raise OptionError(f"`{name}` must be at most {MAX_PIXELS} pixels, not {value!r}")
     return int(value)

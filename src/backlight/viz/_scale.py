@@ -7,6 +7,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
+from .._checks import is_choice
 from ..errors import OptionError
 from ._inputs import F64, U8, MapLike, as_maps, check_percentile, check_positive, require_channels
 
@@ -39,7 +40,7 @@ class Scale:
 
 
 def check_mode(mode: Any) -> Mode:
-    if mode not in _MODES:
+    if not is_choice(mode, _MODES):
         raise OptionError(
             f"`mode` must be one of {', '.join(repr(m) for m in _MODES)}, not {mode!r}"
         )
@@ -195,7 +196,7 @@ def render_rgb(
         >>> render_rgb(g)[0, 0].tolist(), render_rgb(g)[1, 1].tolist()
         ([254, 116, 116], [116, 116, 116])
     """
-    if mode not in _RGB_MODES:
+    if not is_choice(mode, _RGB_MODES):
         raise OptionError(
             f"`mode` must be one of {', '.join(repr(m) for m in _RGB_MODES)}, not {mode!r}"
         )
