@@ -407,6 +407,28 @@ def test_whole_scripted_model() -> None:
         backlight.guided_backprop(scripted, x, 1)
 
 
+@pytest.mark.usefixtures("no_jit_warnings")  # dynamo warns about reading .grad of non-leaves
+def test_rules_refuse_a_compiled_submodule_on_the_path() -> None:
+    class Compiled(WithScripted):
+        def __init__(self) -> None:
+            super().__init__(scripted=False)
+            self.block = torch.compile(self.block, backend="aot_eager")  # type: ignore[assignment]
+
+    model = Compiled().eval()
+    x = torch.rand(2, 3, 8, 8)
+    for name in ("guided_backprop", "excitation_backprop"):
+        with pytest.raises(
+            backlight.MethodNotApplicableError,
+            match=r"torch\.compile'd module\(s\) 'block'.*CompiledFunctionBackward",
+        ):
+            getattr(backlight, name)(model, x, [1, 2])
+    # the plain gradient goes through compiled code as it should
+    eager = WithScripted(scripted=False).eval()
+    torch.testing.assert_close(
+        backlight.gradient(model, x, [1, 2]), backlight.gradient(eager, x, [1, 2])
+    )
+
+
 # --- porting friction -----------------------------------------------------------------------
 
 

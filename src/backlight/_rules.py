@@ -168,11 +168,17 @@ def hidden_code_error(model: nn.Module, method: str, node: str, what: str) -> Ex
         for name, module in model.named_modules()
         if isinstance(module, torch.jit.ScriptModule)
     ]
-    where = (
-        f"TorchScript module(s) {', '.join(repr(n) for n in scripted[:4])}"
-        if scripted
-        else "code compiled by TorchScript or torch.compile, or a C++ extension"
-    )
+    compiled = [  # torch.compile's wrapper, named without importing torch._dynamo
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if type(module).__name__ == "OptimizedModule"
+    ]
+    if scripted:
+        where = f"TorchScript module(s) {', '.join(repr(n) for n in scripted[:4])}"
+    elif compiled:
+        where = f"torch.compile'd module(s) {', '.join(repr(n) for n in compiled[:4])}"
+    else:
+        where = "code compiled by TorchScript or torch.compile, or a C++ extension"
     return MethodNotApplicableError(
         f"{method} cannot apply its rule to {what} computed inside {where} (autograd node "
         f"{node}): compiled code bypasses backlight's rules, so the map would silently be wrong "
