@@ -61,7 +61,7 @@ def test_all_is_exactly_the_documented_names() -> None:
 
 def test_every_registered_method_is_public_and_documented() -> None:
     for info in backlight.list_methods():
-        assert getattr(backlight, info.name) is info.function
+        assert getattr(backlight, info.name) is (info.public or info.function)
         doc = inspect.getdoc(info.function) or ""
         assert "Example:" in doc, info.name
         assert info.paper and info.summary
@@ -102,3 +102,35 @@ def test_docstring_examples_run() -> None:
         for test in doctest.DocTestFinder().find(cls, cls.__name__, globs={}):
             runner.run(test)
         assert runner.tries > 0 and runner.failures == 0
+
+
+def test_registry_options_are_the_signature_and_are_documented() -> None:
+    """Options come from the signature; every one has a description in a docstring, and the
+    quick and demo settings name options the method has."""
+    from backlight._registry import option_doc
+
+    for info in backlight.list_methods():
+        parameters = inspect.signature(info.function).parameters.values()
+        keyword = tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        assert info.options == keyword, info.name
+        for option in info.options:
+            assert len(option_doc(info, option)) > 10, (info.name, option)
+        assert set(info.quick) | set(info.demo) <= set(info.options), info.name
+
+
+def test_readme_method_table_is_the_registry() -> None:
+    """The README's table of methods lists each registered method once, with the paper the
+    registry gives."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Methods", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    names = [re.match(r"\| `([a-z_]+)`", row).group(1) for row in rows]  # type: ignore[union-attr]
+    registered = {info.name: info for info in backlight.list_methods()}
+    assert sorted(names) == sorted(registered) and len(set(names)) == len(names)
+    for row, name in zip(rows, names, strict=True):
+        info = registered[name]
+        authors = info.paper.split(",")[0].split("&")[0].split()[0]
+        assert authors in row, (info.name, authors)

@@ -1,8 +1,16 @@
-"""The method registry: each method registers itself by name; tests and the CLI iterate over it."""
+"""The method registry: each method registers itself by name; the CLI, the demo, the bench and the
+contract tests read everything they need from here.
+
+What a method is registered with is what cannot be read from its code (its family, a one-line
+summary, the paper, aliases, cheap settings); its options are read from its signature (the
+keyword-only parameters after ``model, x, target``) and their descriptions from the ``Args:``
+section of its docstring, so that the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -12,6 +20,9 @@ from .errors import OptionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The arguments every method takes first; the rest are its options.
+_POSITIONAL = ("model", "x", "target")
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -20,13 +31,22 @@ class MethodInfo:
     Attributes:
         name: the public name (``backlight.<name>``, ``--method <name>``).
         function: the callable, ``fn(model, x, target=None, **options)``.
-        family: ``"gradient"``, ``"cam"``, ``"excitation"`` or ``"perturbation"``.
+        family: ``"gradient"``, ``"cam"``, ``"excitation"``, ``"perturbation"`` or
+            ``"wrapper"``.
         summary: one line for listings.
         paper: the reference, as "Authors, Title, Venue Year".
         aliases: other names for the same method.
-        options: the keyword options beyond ``model, x, target``.
-        quick: options that make a run cheap (fewer masks or iterations) for tests, the demo and
-            smoke runs; empty for methods that are one forward and one backward pass.
+        options: the keyword options beyond ``model, x, target``, read from the signature.
+        quick: options that make a run cheap (fewer masks or iterations) for tests and smoke
+            runs; empty for methods that are one forward and one backward pass.
+        demo: options, over ``quick``, that the demo and the bench use on the 64x64 shapes: cheap
+            but enough for the map to converge.
+        layered: the map belongs to a layer (a CAM layer by default), so a layer chosen for
+            "the CAM methods" (the CLI's ``--layer``, the bench's) applies to it.
+        smoothable: one deterministic gradient-based pass, which SmoothGrad can average.
+        option_docs: each option's description, from the docstrings.
+        public: the public function (``backlight.<name>``), when its calling convention differs
+            from ``function`` (``smooth_grad`` takes the method first).
     """
 
     name: str
@@ -37,6 +57,16 @@ class MethodInfo:
     aliases: tuple[str, ...] = ()
     options: tuple[str, ...] = field(default=())
     quick: dict[str, Any] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)
+    layered: bool = False
+    smoothable: bool = False
+    option_docs: dict[str, str] = field(default_factory=dict)
+    public: Callable[..., Any] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name and the aliases."""
+        return (self.name, *self.aliases)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -49,19 +79,95 @@ def register(
     summary: str,
     paper: str,
     aliases: tuple[str, ...] = (),
-    options: tuple[str, ...] = (),
     quick: dict[str, Any] | None = None,
+    demo: dict[str, Any] | None = None,
+    layered: bool = False,
+    smoothable: bool = False,
+    public: Callable[..., Any] | None = None,
 ) -> Callable[[F], F]:
+    """Register ``fn(model, x, target=None, *, **options)`` under ``name``.
+
+    The decorated function runs with autograd available whatever the caller's mode
+    (:func:`backlight._state.autograd_on`); ``quick`` and ``demo`` must name options it has.
+    """
+
     def decorate(function: F) -> F:
-        if name in _REGISTRY:
-            raise RuntimeError(f"method {name!r} registered twice")
-        public = autograd_on(function)
+        taken = {n for info in _REGISTRY.values() for n in info.names}
+        clash = [n for n in (name, *aliases) if n in taken]
+        if clash:
+            raise RuntimeError(f"method name(s) {clash} registered twice")
+        options = options_of(function)
+        for settings in (quick or {}, demo or {}):
+            unknown = set(settings) - set(options)
+            if unknown:
+                raise RuntimeError(f"{name}: settings for unknown options {sorted(unknown)}")
+        wrapped = autograd_on(function)
         _REGISTRY[name] = MethodInfo(
-            name, public, family, summary, paper, aliases, options, dict(quick or {})
+            name=name,
+            function=wrapped,
+            family=family,
+            summary=summary,
+            paper=paper,
+            aliases=aliases,
+            options=options,
+            quick=dict(quick or {}),
+            demo=dict(demo or {}),
+            layered=layered,
+            smoothable=smoothable,
+            option_docs=docstring_args(function),
+            public=public,
         )
-        return public
+        return wrapped
 
     return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for tests that register a toy one)."""
+    _REGISTRY.pop(name, None)
+
+
+def options_of(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The keyword-only parameters of ``fn(model, x, target, *, ...)``, in order."""
+    parameters = list(inspect.signature(function).parameters.values())
+    head = [p.name for p in parameters[: len(_POSITIONAL)]]
+    if tuple(head) != _POSITIONAL:
+        raise RuntimeError(
+            f"{function.__qualname__} must take (model, x, target, *, options...), not {head}"
+        )
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def docstring_args(function: Callable[..., Any]) -> dict[str, str]:
+    """``name: description`` entries of the ``Args:`` section of a Google-style docstring (a
+    line naming several arguments, ``x, target, layer: ...``, gives each the description)."""
+    doc = inspect.getdoc(function) or ""
+    args: dict[str, str] = {}
+    inside, current, indent = False, None, 0
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if not inside:
+            inside = stripped == "Args:"
+            continue
+        if not stripped:
+            current = None
+            continue
+        level = len(line) - len(line.lstrip())
+        if level == 0:
+            break  # the next section (Returns:, Example:)
+        if current is not None and level > indent:
+            for name in current:
+                args[name] += " " + stripped
+            continue
+        head, _, rest = stripped.partition(": ")
+        names = [n.strip() for n in head.split(",")]
+        if rest and all(n.isidentifier() for n in names):
+            current, indent = names, level
+            for name in names:
+                args[name] = rest.strip()
+        else:
+            current = None
+    return args
 
 
 def list_methods(family: str | None = None) -> list[MethodInfo]:
@@ -79,9 +185,45 @@ def get_method(name: str) -> MethodInfo:
     if not isinstance(name, str):
         raise OptionError(f"a method name must be a string, such as 'grad_cam', not {name!r}")
     for info in _REGISTRY.values():
-        if name == info.name or name in info.aliases:
+        if name in info.names:
             return info
-    names = [n for m in _REGISTRY.values() for n in (m.name, *m.aliases)]
+    names = [n for m in _REGISTRY.values() for n in m.names]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise OptionError(f"unknown method {name!r}{hint} (available: {', '.join(sorted(names))})")
+
+
+def call_options(
+    info: MethodInfo,
+    *,
+    quick: bool = False,
+    demo: bool = False,
+    layer: Any = None,
+    progress: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The options an application calls ``info`` with: its ``quick`` settings (and its ``demo``
+    ones over them), then ``overrides``; ``progress`` where the method takes it; ``layer``
+    where the method's map belongs to a layer (not for the gradient family, where a layer
+    would change what is explained)."""
+    options = dict(info.quick) if quick else {}
+    if demo:
+        options.update(info.demo)
+    options.update(overrides or {})
+    if progress is not None and "progress" in info.options:
+        options["progress"] = progress
+    if layer is not None and info.layered and "layer" in info.options:
+        options["layer"] = layer
+    return options
+
+
+def option_doc(info: MethodInfo, option: str) -> str:
+    """The description of ``option`` of ``info``: from its own docstring, else from the first
+    registered method that documents an option of that name (docstrings say "as for
+    backlight.grad_cam" rather than repeat a description)."""
+    if option in info.option_docs:
+        return info.option_docs[option]
+    for other in _REGISTRY.values():
+        if option in other.option_docs:
+            return other.option_docs[option]
+    return ""

@@ -180,10 +180,6 @@ def _methods() -> int:
         aliases = f" (also {', '.join(info.aliases)})" if info.aliases else ""
         print(f"{info.name:33s} {info.family:12s} {info.summary}{aliases}")
         print(f"{'':33s} {'':12s} options: {', '.join(info.options) or '-'}")
-    print(
-        f"{'smooth_grad':33s} {'wrapper':12s} averages any gradient or CAM method over noisy "
-        "copies (Python only: backlight.smooth_grad)"
-    )
     return 0
 
 
@@ -212,7 +208,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from ..data import make_batch
-    from ..demo import CAM_LAYER, METHOD_SETTINGS, load_demo_model
+    from ..demo import CAM_LAYER, load_demo_model
 
     if not 1 <= args.images <= 24:
         raise UsageError(f"--images must be between 1 and 24, not {args.images}")
@@ -227,7 +223,7 @@ def _demo(args: argparse.Namespace) -> int:
         methods=list_methods(),
         layer=CAM_LAYER,
         quick=True,
-        overrides=METHOD_SETTINGS,
+        demo=True,
         progress=not args.quiet,
         title="backlight demo: DemoNet on synthetic shapes",
     )

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import viz
-from .._registry import MethodInfo, get_method, list_methods
+from .._registry import MethodInfo, call_options, get_method, list_methods
 from ..errors import BacklightError, LayerError, LayerNotFoundError, OptionError, TargetError
 from ._errors import Failure, UsageError
 from ._outputs import staged
@@ -185,7 +185,7 @@ class Job:
     quick: bool = False
     progress: bool = True
     title: str = "backlight report"
-    layers_for: dict[str, str] = field(default_factory=dict)
+    demo: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -199,14 +199,14 @@ class Result:
 
 
 def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
-    options: dict[str, Any] = dict(method.quick) if job.quick else {}
-    options.update(job.overrides.get(method.name, {}))
-    if "progress" in method.options:
-        options["progress"] = False  # the command has its own progress bar
-    layer = job.layers_for.get(method.family, job.layer)
-    if layer is not None and "layer" in method.options and method.family != "gradient":
-        options["layer"] = layer
-    return options
+    return call_options(
+        method,
+        quick=job.quick,
+        demo=job.demo,
+        layer=job.layer,
+        progress=False,  # the command has its own progress bar
+        overrides=job.overrides.get(method.name),
+    )
 
 
 def _class_name(categories: Sequence[str] | None, index: int) -> str:

@@ -55,8 +55,6 @@ logger = logging.getLogger("backlight")
 #: Turns a layer's output into a feature map (N, K, h, w), e.g. :func:`vit_reshape`.
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
-_OPTIONS = ("layer", "resize", "relu", "reshape")
-
 
 def vit_reshape(tokens: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
     """Token sequence (N, 1 + h·w, D) of a ViT-style layer to a feature map (N, D, h, w).
@@ -178,11 +176,12 @@ def _linear_approx_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 @register(
     "grad_cam",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="layer activations weighted by their spatially averaged gradients, rectified",
     paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
     "Gradient-based Localization, ICCV 2017",
     aliases=("gradcam",),
-    options=_OPTIONS,
 )
 def grad_cam(
     model: nn.Module,
@@ -238,10 +237,11 @@ def grad_cam(
 @register(
     "guided_grad_cam",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="guided backprop at the input times the Grad-CAM map upsampled to the input",
     paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
     "Gradient-based Localization, ICCV 2017",
-    options=("layer", "reduce", "reshape", "clipped_relu"),
 )
 def guided_grad_cam(
     model: nn.Module,
@@ -295,11 +295,12 @@ def guided_grad_cam(
 @register(
     "linear_approx",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="activation times gradient at a layer, summed over channels (signed)",
     paper="Fong & Vedaldi's TorchRay (the first-order Taylor term at a layer); cf. "
     "Kindermans et al., Investigating the influence of noise and distractors, 2016",
     aliases=("gradient_x_activation",),
-    options=("layer", "resize", "reshape"),
 )
 def linear_approx(
     model: nn.Module,
@@ -339,11 +340,12 @@ def linear_approx(
 @register(
     "grad_cam_plus_plus",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score)",
     paper="Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations "
     "for Deep Convolutional Networks, WACV 2018",
     aliases=("gradcam++", "grad_cam++"),
-    options=_OPTIONS,
 )
 def grad_cam_plus_plus(
     model: nn.Module,
@@ -385,11 +387,12 @@ def grad_cam_plus_plus(
 @register(
     "layer_cam",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="activations weighted position by position by their positive gradients",
     paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
     "Localization, IEEE TIP 2021",
     aliases=("layercam",),
-    options=_OPTIONS,
 )
 def layer_cam(
     model: nn.Module,
@@ -428,11 +431,12 @@ def layer_cam(
 @register(
     "score_cam",
     family="cam",
+    layered=True,
+    smoothable=True,
     summary="activations weighted by the class probability of the input masked by each channel",
     paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional "
     "Neural Networks, CVPR-W 2020",
     aliases=("scorecam",),
-    options=(*_OPTIONS, "batch_size", "channels", "weighting", "progress"),
     quick={"progress": False},
 )
 def score_cam(

@@ -23,10 +23,10 @@ _PAPER = (
 @register(
     "excitation_backprop",
     family="excitation",
+    layered=True,
     summary="top-down marginal winning probabilities through positive weights",
     paper=_PAPER,
     aliases=("ebp", "mwp"),
-    options=("layer", "resize"),
 )
 def excitation_backprop(
     model: nn.Module,
@@ -81,10 +81,10 @@ def excitation_backprop(
 @register(
     "contrastive_excitation_backprop",
     family="excitation",
+    layered=True,
     summary="excitation of the class minus that of its dual (negated) classifier",
     paper=_PAPER,
     aliases=("c_ebp", "c_mwp"),
-    options=("layer", "resize"),
 )
 def contrastive_excitation_backprop(
     model: nn.Module,

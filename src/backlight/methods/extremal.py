@@ -91,23 +91,8 @@ class ExtremalResult:
     paper="Fong, Patrick & Vedaldi, Understanding Deep Networks via Extremal Perturbations "
     "and Smooth Masks, ICCV 2019",
     aliases=("extremal",),
-    options=(
-        "areas",
-        "variant",
-        "max_iter",
-        "step",
-        "sigma",
-        "perturbation",
-        "num_levels",
-        "max_blur",
-        "contrastive",
-        "area_with_margin",
-        "jitter",
-        "seed",
-        "autocast",
-        "progress",
-    ),
     quick={"max_iter": 3, "progress": False},
+    demo={"max_iter": 300},
 )
 def extremal_perturbation(
     model: nn.Module,

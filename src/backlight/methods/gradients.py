@@ -20,8 +20,6 @@ from .._types import Layer, Reduce, Target
 
 __all__ = ["deconvnet", "gradient", "guided_backprop", "rectified"]
 
-_OPTIONS = ("layer", "reduce", "resize")
-
 
 def _saliency(
     model: nn.Module,
@@ -52,10 +50,10 @@ def _saliency(
 @register(
     "gradient",
     family="gradient",
+    smoothable=True,
     summary="gradient of the class score with respect to the input or a layer",
     paper="Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014",
     aliases=("saliency", "vanilla_gradient"),
-    options=_OPTIONS,
 )
 def gradient(
     model: nn.Module,
@@ -98,11 +96,11 @@ def gradient(
 @register(
     "guided_backprop",
     family="gradient",
+    smoothable=True,
     summary="gradient with negative signals stopped at every ReLU, forward and backward",
     paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
     "The All Convolutional Net, ICLR-W 2015",
     aliases=("guided",),
-    options=(*_OPTIONS, "clipped_relu"),
 )
 def guided_backprop(
     model: nn.Module,
@@ -153,10 +151,10 @@ def guided_backprop(
 @register(
     "deconvnet",
     family="gradient",
+    smoothable=True,
     summary="backward pass with the upstream signal rectified at every ReLU",
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     aliases=("rectified",),
-    options=(*_OPTIONS, "clipped_relu"),
 )
 def deconvnet(
     model: nn.Module,

@@ -172,17 +172,8 @@ def _mirror(i: int, n: int) -> int:
     summary="average of random masks weighted by the class probability of the masked image",
     paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of "
     "Black-box Models, BMVC 2018",
-    options=(
-        "num_masks",
-        "cells",
-        "p",
-        "batch_size",
-        "seed",
-        "probability",
-        "autocast",
-        "progress",
-    ),
     quick={"num_masks": 64, "batch_size": 32, "progress": False},
+    demo={"num_masks": 1000, "batch_size": 64},
 )
 def rise(
     model: nn.Module,

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import check_flag, check_positive_int, check_real
-from .._registry import MethodInfo, get_method, list_methods
+from .._registry import MethodInfo, call_options, get_method, list_methods
 from ..errors import OptionError
 from ..viz import save_png
 from ._causal import deletion, insertion
@@ -149,7 +149,7 @@ def benchmark(
         ('grad_cam', True)
     """
     from ..data import make_batch
-    from ..demo import CAM_LAYER, METHOD_SETTINGS, load_demo_model
+    from ..demo import CAM_LAYER, load_demo_model
 
     if methods is not None and (isinstance(methods, str) or not isinstance(methods, Sequence)):
         raise OptionError(
@@ -176,13 +176,7 @@ def benchmark(
     start = time.perf_counter()
     rows = []
     for info in tqdm(infos, desc="bench", disable=not progress):
-        options = dict(info.quick) if quick else {}
-        if quick and demo:
-            options.update(METHOD_SETTINGS.get(info.name, {}))
-        if "progress" in info.options:
-            options["progress"] = False
-        if "layer" in info.options and info.family in ("cam", "excitation"):
-            options["layer"] = layer
+        options = call_options(info, quick=quick, demo=quick and demo, layer=layer, progress=False)
         if "resize" in info.options:
             options["resize"] = True
         began = time.perf_counter()
