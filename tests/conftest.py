@@ -77,8 +77,8 @@ def explain(
     **options: object,
 ) -> torch.Tensor:
     """Call a registered method with its quick settings (few masks or iterations) plus ``options``."""
-    result = method.function(model, x, target, **{**method.quick, **options})
-    return result if isinstance(result, torch.Tensor) else result.maps
+    maps: torch.Tensor = method.function(model, x, target, **{**method.quick, **options})
+    return maps
 
 
 def methods_with(option: str | None = None) -> list[backlight.MethodInfo]:

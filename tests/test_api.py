@@ -24,7 +24,7 @@ DOCUMENTED = {
     "rise",
     "extremal_perturbation",
     # results and helpers
-    "ExtremalResult",
+    "Explanation",
     "RiseMasks",
     "default_cam_layer",
     "vit_reshape",
@@ -72,7 +72,7 @@ def test_gradient_family_shares_one_signature() -> None:
     assert str(expected) == (
         "(model: 'nn.Module', x: 'torch.Tensor', target: 'Target' = None, *, "
         "layer: 'Layer | None' = None, reduce: 'Reduce' = 'abs_max', resize: 'bool' = False)"
-        " -> 'torch.Tensor'"
+        " -> 'Explanation'"
     )
     # the rule methods add one option: whether ReLU6 counts as a ReLU
     ruled = expected.replace(

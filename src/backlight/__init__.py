@@ -12,6 +12,7 @@ from ._checks import ForeignHookWarning
 from ._excitation import ExcitationBackpropContext
 from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
+from ._result import Explanation
 from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
 from .errors import (
     BacklightError,
@@ -32,13 +33,13 @@ from .methods.cam import (
     guided_grad_cam,
     layer_cam,
     linear_approx,
-    score_cam,
     vit_reshape,
 )
 from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
-from .methods.extremal import ExtremalResult, extremal_perturbation
+from .methods.extremal import extremal_perturbation
 from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
 from .methods.rise import RiseMasks, rise
+from .methods.score_cam import score_cam
 from .methods.smoothgrad import smooth_grad
 
 __version__ = "0.1.0"
@@ -49,7 +50,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DeConvNetContext",
     "ExcitationBackpropContext",
-    "ExtremalResult",
+    "Explanation",
     "ForeignHookWarning",
     "GuidedBackpropContext",
     "InputError",

@@ -1,18 +1,27 @@
-"""The one forward/backward routine every gradient-based method shares.
+"""The one pipeline every method shares: check, set the model's state, run it on a private copy
+of the input, read the scores with the one :class:`~backlight._targets.Scorer`.
 
-``run`` checks the arguments, puts the model in eval mode with frozen parameters
-(:mod:`backlight._state`), captures the chosen layer's output, runs the forward pass (optionally
-inside a backward-rule context), selects one score per sample and takes the gradient of their
-sum with respect to the input or the layer only: never the parameters. Whatever happens, the
-model leaves exactly as it came: hooks removed, every module's ``training`` flag and every
-parameter's ``requires_grad`` restored, no ``.grad`` touched; the caller's ``x`` is untouched.
+Two entries, one routine:
+
+* :func:`run` (and :func:`forward`, which keeps the graph) for the gradient-based methods:
+  captures the chosen layer's output, runs the forward pass (optionally inside a backward-rule
+  context, which then checks that its rule saw what it had to), selects one score per sample
+  and takes the gradient of their sum with respect to the input or the layer only: never the
+  parameters.
+* :func:`clean_pass` for the methods and metrics that run the model many times (RISE,
+  extremal perturbation, deletion and insertion, SmoothGrad's targets): the pass on the input as
+  given, which fixes the targets, inside the state the later passes run in.
+
+Whatever happens, the model leaves exactly as it came: hooks removed, every module's
+``training`` flag and every parameter's ``requires_grad`` restored, no ``.grad`` touched; the
+caller's ``x`` is untouched, even by a model that writes into its input.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +31,9 @@ from torch import nn
 
 from ._checks import check_input, check_model, warn_foreign_hooks
 from ._layers import check_hookable, is_input, resolve_layer
+from ._result import Explanation
 from ._state import explaining
-from ._targets import select_scores
+from ._targets import Probability, Scorer
 from ._types import Layer, Reduce, Target
 from .errors import LayerError, MethodNotApplicableError
 
@@ -38,6 +48,7 @@ class Capture:
         activation: the layer's output, or the input when no layer was given (detached).
         gradient: d(sum of scores) / d(activation), or ``None`` when not asked for.
         layer: the dotted name of the layer, or ``None`` for the input.
+        scorer: how the scores were read (the classes explained, or the callable).
     """
 
     output: Any
@@ -45,6 +56,7 @@ class Capture:
     activation: torch.Tensor
     gradient: torch.Tensor | None
     layer: str | None
+    scorer: Scorer
 
 
 class _LayerProbe:
@@ -86,7 +98,7 @@ class _LayerProbe:
 
 
 @dataclass
-class Forward:
+class Pass:
     """A forward pass whose graph is still alive, for methods that take several gradients.
 
     Attributes:
@@ -95,6 +107,7 @@ class Forward:
         wrt: the tensor the map is taken at: the input, or the layer's output as a leaf.
         layer: the dotted name of the layer, or ``None`` for the input.
         context: the context the forward pass ran in (a rule context), or ``None``.
+        scorer: how the scores were read.
     """
 
     output: Any
@@ -102,6 +115,7 @@ class Forward:
     wrt: torch.Tensor
     layer: str | None
     context: Any
+    scorer: Scorer
 
 
 def grad_mode() -> contextlib.ExitStack:
@@ -121,7 +135,7 @@ def forward(
     context: Callable[[], Any] | None = None,
     method: str = "this method",
     gradient: bool = True,
-) -> Forward:
+) -> Pass:
     """The forward pass (inside ``context()`` if given) and the scores, graph kept.
 
     The model gets a private copy of ``x``, so a model that writes into its input (an in-place
@@ -158,11 +172,12 @@ def forward(
             wrt = probe.tensor
         else:
             wrt = leaf
-        scores = select_scores(output, target)
+        scorer = Scorer.resolve(output, target, x.shape[0])
+        scores = scorer(output)
         verify = getattr(entered, "verify", None)
         if verify is not None:
             verify(model, scores, method)
-    return Forward(output, scores, wrt, name, entered)
+    return Pass(output, scores, wrt, name, entered, scorer)
 
 
 def model_input(x: torch.Tensor, *, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +219,70 @@ def run(
         activation=fw.wrt.detach(),
         gradient=grad,
         layer=fw.layer,
+        scorer=fw.scorer,
+    )
+
+
+@dataclass
+class Clean:
+    """The pass on the input as given, that fixes what a many-pass method explains.
+
+    Attributes:
+        model: the model (checked), in the explaining state while the ``with`` block lasts.
+        x: the input (checked, detached: the caller's memory, never written).
+        output: the model's output on a private copy of ``x``.
+        scorer: the targets, resolved and checked on ``output``.
+        writes_input: whether the model wrote into its input; its later batches must then be
+            its own copies too.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    output: Any
+    scorer: Scorer
+    writes_input: bool
+
+
+@contextlib.contextmanager
+def clean_pass(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any,
+    *,
+    probability: Probability = None,
+    contrastive: bool = False,
+    every_class: bool = False,
+) -> Iterator[Clean]:
+    """Check the arguments, put the model in the explaining state for the ``with`` block, run it
+    once on a private copy of ``x`` under ``torch.inference_mode`` and resolve the target on
+    that output (:meth:`Scorer.resolve`, with its ``probability``, ``contrastive`` and
+    ``every_class`` options)."""
+    model = check_model(model)
+    x = check_input(x, model).detach()
+    with explaining(model):
+        private = x.clone()  # made outside inference mode: it keeps a version counter
+        version = private._version
+        with torch.inference_mode():
+            output = model(private)
+            scorer = Scorer.resolve(
+                output,
+                target,
+                x.shape[0],
+                probability=probability,
+                contrastive=contrastive,
+                every_class=every_class,
+            )
+        yield Clean(model, x, output, scorer, private._version != version)
+
+
+def explanation(maps: torch.Tensor, capture: Capture | Pass, **extras: Any) -> Explanation:
+    """``maps`` as the method's result, with the layer, targets and scores of ``capture``."""
+    return Explanation.make(
+        maps,
+        layer=capture.layer,
+        targets=capture.scorer.classes,
+        scores=capture.scores,
+        **extras,
     )
 
 

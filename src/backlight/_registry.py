@@ -10,11 +10,13 @@ section of its docstring, so that the two cannot drift apart.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ._result import Explanation
 from ._state import autograd_on
 from .errors import OptionError
 
@@ -101,7 +103,7 @@ def register(
             unknown = set(settings) - set(options)
             if unknown:
                 raise RuntimeError(f"{name}: settings for unknown options {sorted(unknown)}")
-        wrapped = autograd_on(function)
+        wrapped = _explaining(function, name, options)
         _REGISTRY[name] = MethodInfo(
             name=name,
             function=wrapped,
@@ -120,6 +122,31 @@ def register(
         return wrapped
 
     return decorate
+
+
+def _explaining(function: F, name: str, options: tuple[str, ...]) -> F:
+    """``function`` run with autograd available whatever the caller's mode
+    (:func:`backlight._state.autograd_on`), its result an :class:`Explanation` that names the
+    method and holds every option it ran with (defaults included, the layer it chose)."""
+    signature = inspect.signature(function)
+    run = autograd_on(function)
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Explanation:
+        result = run(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        settings = {option: bound.arguments[option] for option in options}
+        for key, value in bound.kwargs.items():  # a wrapper's options for the wrapped method
+            settings.setdefault(key, value)
+        if not isinstance(result, Explanation):
+            result = Explanation.make(result)
+        if result.layer is not None and "layer" in settings:
+            settings["layer"] = result.layer  # the name, and the one chosen by default
+        result.method, result.settings = name, settings
+        return result
+
+    return call  # type: ignore[return-value]
 
 
 def unregister(name: str) -> None:

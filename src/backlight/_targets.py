@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, TypeGuard
 
 import torch
@@ -102,27 +103,6 @@ def is_score_function(target: Any) -> TypeGuard[Callable[[Any], torch.Tensor]]:
     return callable(target) and not isinstance(target, torch.Tensor)
 
 
-def select_scores(output: Any, target: Target) -> torch.Tensor:
-    """The differentiable score per sample, shape (N,), that the explanation is about."""
-    if is_score_function(target):
-        scores = target(output)
-        if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
-            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else None
-            raise TargetError(
-                "a callable `target` must return a 1-D tensor with one score per sample, got "
-                + (f"shape {shape}" if shape is not None else type(scores).__name__)
-            )
-        if isinstance(output, torch.Tensor) and scores.shape[0] != output.shape[0]:
-            raise TargetError(
-                f"the callable `target` returned {scores.shape[0]} scores for a batch of "
-                f"{output.shape[0]} samples; return one score per sample"
-            )
-        return scores
-    indices = class_indices(output, target)
-    logits: torch.Tensor = output
-    return logits.gather(1, indices[:, None])[:, 0]
-
-
 def _logits_shape(output: Any) -> tuple[int, int]:
     if not isinstance(output, torch.Tensor):
         raise TargetError(
@@ -168,13 +148,101 @@ def to_probability(output: Any, probability: Probability) -> Any:
     return torch.sigmoid(output)
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """How each sample's score is read from a model output: the one rule that every method and
+    metric follows, whether it takes one forward pass or thousands.
+
+    Made once from the output for the input as given (:meth:`resolve`, which checks the target
+    there), then applied to the outputs of any batch: the input itself, masked, blurred or
+    noisy copies of its samples.
+
+    Attributes:
+        samples: the number of samples N.
+        classes: (N,) the class explained for each sample, or ``None``.
+        function: a callable target ``output -> (B,) scores``, or ``None``.
+        probability: ``"softmax"``, ``"sigmoid"`` or ``None``: how outputs become scores.
+        contrastive: score the class's margin over the best other class.
+        every_class: score every class: (B, K) instead of (B,).
+    """
+
+    samples: int
+    classes: torch.Tensor | None = None
+    function: Callable[[Any], torch.Tensor] | None = None
+    probability: Probability = None
+    contrastive: bool = False
+    every_class: bool = False
+
+    @staticmethod
+    def resolve(
+        output: Any,
+        target: Target | Literal["all"],
+        samples: int,
+        *,
+        probability: Probability = None,
+        contrastive: bool = False,
+        every_class: bool = False,
+    ) -> Scorer:
+        """The scorer of ``target`` for ``output``, the output of the ``samples`` inputs:
+        ``None`` picks each sample's top class; ``"all"`` (where ``every_class`` allows it)
+        every class; a callable is called and its result checked."""
+        probability = check_probability(probability)
+        if isinstance(target, str) and target == "all" and every_class:
+            scores = to_probability(output, probability)
+            if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+                raise TargetError(
+                    "`target='all'` needs a model that returns one score per class (N, classes)"
+                )
+            return Scorer(samples, probability=probability, every_class=True)
+        if is_score_function(target):
+            if contrastive:
+                raise OptionError(
+                    "`contrastive=True` needs class indices as `target`, not a callable; fold "
+                    "the contrast into the callable instead (score minus the best other score)"
+                )
+            scorer = Scorer(samples, function=target, probability=probability)
+            scorer(output)  # checks the callable's result on the input as given
+            return scorer
+        classes = class_indices(output, target)  # type: ignore[arg-type]
+        return Scorer(samples, classes, probability=probability, contrastive=contrastive)
+
+    def __call__(self, output: Any, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The scores of a batch whose item ``j`` is a version of sample ``rows[j]``; without
+        ``rows`` the batch is the N samples in order. (B,), or (B, K) for every class."""
+        count = self.samples if rows is None else int(rows.shape[0])
+        values = to_probability(output, self.probability)
+        if self.function is not None:
+            return callable_scores(self.function, values, count)
+        if self.every_class:
+            every: torch.Tensor = values
+            return every
+        assert self.classes is not None
+        classes = self.classes if rows is None else self.classes[rows]
+        logits: torch.Tensor = values
+        if logits.dim() != 2 or logits.shape[0] != count:
+            raise TargetError(
+                f"the model returned shape {tuple(logits.shape)} for a batch of {count} images; "
+                "it must return (N, classes) for every batch"
+            )
+        label = classes.to(logits.device)[:, None]
+        chosen = logits.gather(1, label)[:, 0]
+        if self.contrastive:
+            chosen = chosen - logits.scatter(1, label, float("-inf")).amax(dim=1)
+        return chosen
+
+
 def callable_scores(target: Callable[[Any], torch.Tensor], output: Any, n: int) -> torch.Tensor:
     """A callable target's scores of a batch of ``n`` images: a 1-D tensor of ``n`` scores."""
     scores = target(output)
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] != n:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
+        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else None
         raise TargetError(
-            f"a callable `target` must return a 1-D tensor with one score per image ({n}), "
-            f"got {got}"
+            "a callable `target` must return a 1-D tensor with one score per sample, got "
+            + (got or type(scores).__name__)
+        )
+    if scores.shape[0] != n:
+        raise TargetError(
+            f"the callable `target` returned {scores.shape[0]} scores for a batch of {n} "
+            "samples; return one score per sample"
         )
     return scores

@@ -242,7 +242,7 @@ def compute(job: Job) -> Result:
         except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
             raise Failure(f"{method.name}: the model raised {type(e).__name__}: {e}") from e
         times[method.name] = time.perf_counter() - start
-        tensor = result if isinstance(result, torch.Tensor) else result.maps
+        tensor = result
         if tensor.shape[1] not in (1, 3):
             tensor = tensor.sum(dim=1, keepdim=True)
         maps[method.name] = tensor.detach().float().cpu()

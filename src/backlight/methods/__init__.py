@@ -1,5 +1,11 @@
-"""One module per method family; importing this package registers every method."""
+"""One module per method or family; importing this package imports every one of them, and so
+registers every method: a new method is a new module here (or anywhere, imported before use)
+whose function is decorated with :func:`backlight._registry.register`."""
 
-from . import cam, excitation, extremal, gradients, rise
+import importlib
+import pkgutil
 
-__all__ = ["cam", "excitation", "extremal", "gradients", "rise"]
+__all__ = [info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")]
+
+for _name in __all__:
+    importlib.import_module(f"{__name__}.{_name}")

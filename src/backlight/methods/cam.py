@@ -14,28 +14,23 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .._checks import (
-    check_flag,
-    check_input,
-    check_int,
-    check_memory,
-    check_model,
-    check_positive_int,
-    check_reduce,
-    is_choice,
-)
+from .._checks import check_flag, check_input, check_int, check_model, check_reduce
 from .._layers import default_cam_layer
-from .._pipeline import Capture, reduce_channels, require_feature_map, resize_to, run
-from .._registry import register
+from .._pipeline import (
+    Capture,
+    explanation,
+    reduce_channels,
+    require_feature_map,
+    resize_to,
+    run,
+)
+from .._registry import get_method, register
+from .._result import Explanation
 from .._rules import GuidedBackpropContext
-from .._state import explaining
-from .._targets import class_indices
 from .._types import Layer, Reduce, Target
 from ..errors import InputTypeError, LayerError, OptionError
 from .gradients import _saliency
@@ -46,7 +41,6 @@ __all__ = [
     "guided_grad_cam",
     "layer_cam",
     "linear_approx",
-    "score_cam",
     "vit_reshape",
 ]
 
@@ -134,23 +128,8 @@ def _finish(maps: torch.Tensor, x: torch.Tensor, relu: bool, resize: bool) -> to
     return resize_to(maps, x) if resize else maps
 
 
-def _gradient_cam(
-    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target,
-    *,
-    layer: Layer | None,
-    resize: bool,
-    relu: bool,
-    reshape: Reshape | None,
-    method: str,
-) -> torch.Tensor:
-    """The shared body of the gradient-weighted CAMs: ``combine(A, G) -> (N, 1, h, w)``."""
-    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method=method)
-    assert c.gradient is not None
-    return _finish(combine(c.activation, c.gradient), x, relu, resize)
+#: ``combine(A, G) -> (N, 1, h, w)``: a layer's activations and gradients to a map.
+Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _grad_cam_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -173,26 +152,50 @@ def _linear_approx_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (a * g).sum(dim=1, keepdim=True)
 
 
-@register(
-    "grad_cam",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="layer activations weighted by their spatially averaged gradients, rectified",
-    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
-    "Gradient-based Localization, ICCV 2017",
-    aliases=("gradcam",),
-)
-def grad_cam(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
+def _gradient_cam(
+    name: str,
+    combine: Combine,
+    doc: str,
     *,
-    layer: Layer | None = None,
-    resize: bool = False,
-    relu: bool = True,
-    reshape: Reshape | None = None,
-) -> torch.Tensor:
+    summary: str,
+    paper: str,
+    aliases: tuple[str, ...] = (),
+) -> Callable[..., Explanation]:
+    """A registered gradient-weighted CAM: one pass capturing ``A`` and ``G`` at the layer,
+    ``combine(A, G)``, the ReLU, the resize. Each differs only in ``combine`` and its docstring."""
+
+    def method(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        layer: Layer | None = None,
+        resize: bool = False,
+        relu: bool = True,
+        reshape: Reshape | None = None,
+    ) -> Explanation:
+        relu, resize = check_flag("relu", relu), check_flag("resize", resize)
+        c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method=name)
+        assert c.gradient is not None
+        return explanation(_finish(combine(c.activation, c.gradient), x, relu, resize), c)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    register(
+        name,
+        family="cam",
+        layered=True,
+        smoothable=True,
+        summary=summary,
+        paper=paper,
+        aliases=aliases,
+    )(method)
+    return get_method(name).function
+
+
+grad_cam = _gradient_cam(
+    "grad_cam",
+    _grad_cam_map,
     """Grad-CAM (Selvaraju et al. 2017).
 
     ``map = ReLU(Σ_k α_k A_k)`` with ``α_k = mean_{ij} ∂score/∂A_kij``, at the output of ``layer``.
@@ -220,18 +223,55 @@ def grad_cam(
         >>> model = torchvision.models.resnet18(num_classes=10)
         >>> backlight.grad_cam(model, torch.randn(2, 3, 64, 64), [1, 2], layer="layer3").shape
         torch.Size([2, 1, 4, 4])
-    """
-    return _gradient_cam(
-        _grad_cam_map,
-        model,
-        x,
-        target,
-        layer=layer,
-        resize=resize,
-        relu=relu,
-        reshape=reshape,
-        method="grad_cam",
-    )
+    """,
+    summary="layer activations weighted by their spatially averaged gradients, rectified",
+    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
+    "Gradient-based Localization, ICCV 2017",
+    aliases=("gradcam",),
+)
+
+grad_cam_plus_plus = _gradient_cam(
+    "grad_cam_plus_plus",
+    _grad_cam_plus_plus_map,
+    """Grad-CAM++ (Chattopadhay et al. 2018).
+
+    With ``Y = exp(score)`` the paper's weights reduce to first derivatives ``g = ∂score/∂A``:
+    ``α_kij = g² / (2g² + Σ_ab A_kab · g³) = 1 / (2 + S_k · g)`` with ``S_k = Σ_ab A_kab``,
+    ``w_k = Σ_ij α_kij · ReLU(g_kij)``, ``map = ReLU(Σ_k w_k A_k)``. The closed form needs no
+    epsilon (pytorch-grad-cam adds 1e-6 to the denominator, which distorts maps whose gradients
+    are below about 1e-3). Arguments as for :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
+        torch.Size([1, 1, 2, 2])
+    """,
+    summary="Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score)",
+    paper="Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations "
+    "for Deep Convolutional Networks, WACV 2018",
+    aliases=("gradcam++", "grad_cam++"),
+)
+
+layer_cam = _gradient_cam(
+    "layer_cam",
+    _layer_cam_map,
+    """LayerCAM (Jiang et al. 2021): ``map = ReLU(Σ_k ReLU(∂score/∂A_k) · A_k)``.
+
+    Each position keeps its own weight, so shallow layers give fine-grained maps. Arguments as
+    for :func:`backlight.grad_cam`.
+
+    Example:
+        >>> import torch, torchvision, backlight
+        >>> model = torchvision.models.vgg11(num_classes=10)
+        >>> backlight.layer_cam(model, torch.randn(1, 3, 64, 64), 3, layer="features.5").shape
+        torch.Size([1, 1, 16, 16])
+    """,
+    summary="activations weighted position by position by their positive gradients",
+    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+    "Localization, IEEE TIP 2021",
+    aliases=("layercam",),
+)
 
 
 @register(
@@ -252,7 +292,7 @@ def guided_grad_cam(
     reduce: Reduce = "abs_max",
     reshape: Reshape | None = None,
     clipped_relu: bool = True,
-) -> torch.Tensor:
+) -> Explanation:
     """Guided Grad-CAM (Selvaraju et al. 2017).
 
     ``map = reduce_c(GB_c · up(GradCAM))``: guided backprop (:func:`backlight.guided_backprop`)
@@ -277,7 +317,7 @@ def guided_grad_cam(
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
     assert c.gradient is not None
     cam = _grad_cam_map(c.activation, c.gradient).clamp(min=0)
-    classes = target if callable(target) else class_indices(c.output, target)
+    classes = c.scorer.function or c.scorer.classes
     guided = _saliency(
         model,
         x,
@@ -289,7 +329,7 @@ def guided_grad_cam(
         method="guided_grad_cam",
         clipped_relu=clipped_relu,
     )
-    return reduce_channels(guided * resize_to(cam, x), reduce)
+    return explanation(reduce_channels(guided * resize_to(cam, x), reduce), c)
 
 
 @register(
@@ -310,7 +350,7 @@ def linear_approx(
     layer: Layer | None = None,
     resize: bool = False,
     reshape: Reshape | None = None,
-) -> torch.Tensor:
+) -> Explanation:
     """Linear approximation (TorchRay): ``map = Σ_k A_k · ∂score/∂A_k``, signed.
 
     The first-order Taylor contribution of each position of the layer to the score; Grad-CAM
@@ -324,212 +364,7 @@ def linear_approx(
         >>> backlight.linear_approx(model, torch.randn(1, 3, 64, 64), 3, layer="layer2").shape
         torch.Size([1, 1, 8, 8])
     """
-    return _gradient_cam(
-        _linear_approx_map,
-        model,
-        x,
-        target,
-        layer=layer,
-        resize=resize,
-        relu=False,
-        reshape=reshape,
-        method="linear_approx",
-    )
-
-
-@register(
-    "grad_cam_plus_plus",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score)",
-    paper="Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations "
-    "for Deep Convolutional Networks, WACV 2018",
-    aliases=("gradcam++", "grad_cam++"),
-)
-def grad_cam_plus_plus(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    resize: bool = False,
-    relu: bool = True,
-    reshape: Reshape | None = None,
-) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay et al. 2018).
-
-    With ``Y = exp(score)`` the paper's weights reduce to first derivatives ``g = ∂score/∂A``:
-    ``α_kij = g² / (2g² + Σ_ab A_kab · g³) = 1 / (2 + S_k · g)`` with ``S_k = Σ_ab A_kab``,
-    ``w_k = Σ_ij α_kij · ReLU(g_kij)``, ``map = ReLU(Σ_k w_k A_k)``. The closed form needs no
-    epsilon (pytorch-grad-cam adds 1e-6 to the denominator, which distorts maps whose gradients
-    are below about 1e-3). Arguments as for :func:`backlight.grad_cam`.
-
-    Example:
-        >>> import torch, torchvision, backlight
-        >>> model = torchvision.models.resnet18(num_classes=10)
-        >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
-        torch.Size([1, 1, 2, 2])
-    """
-    return _gradient_cam(
-        _grad_cam_plus_plus_map,
-        model,
-        x,
-        target,
-        layer=layer,
-        resize=resize,
-        relu=relu,
-        reshape=reshape,
-        method="grad_cam_plus_plus",
-    )
-
-
-@register(
-    "layer_cam",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="activations weighted position by position by their positive gradients",
-    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
-    "Localization, IEEE TIP 2021",
-    aliases=("layercam",),
-)
-def layer_cam(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    resize: bool = False,
-    relu: bool = True,
-    reshape: Reshape | None = None,
-) -> torch.Tensor:
-    """LayerCAM (Jiang et al. 2021): ``map = ReLU(Σ_k ReLU(∂score/∂A_k) · A_k)``.
-
-    Each position keeps its own weight, so shallow layers give fine-grained maps. Arguments as
-    for :func:`backlight.grad_cam`.
-
-    Example:
-        >>> import torch, torchvision, backlight
-        >>> model = torchvision.models.vgg11(num_classes=10)
-        >>> backlight.layer_cam(model, torch.randn(1, 3, 64, 64), 3, layer="features.5").shape
-        torch.Size([1, 1, 16, 16])
-    """
-    return _gradient_cam(
-        _layer_cam_map,
-        model,
-        x,
-        target,
-        layer=layer,
-        resize=resize,
-        relu=relu,
-        reshape=reshape,
-        method="layer_cam",
-    )
-
-
-@register(
-    "score_cam",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="activations weighted by the class probability of the input masked by each channel",
-    paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional "
-    "Neural Networks, CVPR-W 2020",
-    aliases=("scorecam",),
-    quick={"progress": False},
-)
-def score_cam(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    resize: bool = False,
-    relu: bool = True,
-    reshape: Reshape | None = None,
-    batch_size: int = 32,
-    channels: int | None = None,
-    weighting: Literal["probability", "channel_softmax"] = "probability",
-    progress: bool = True,
-) -> torch.Tensor:
-    """Score-CAM (Wang et al. 2020): no gradients; one masked forward pass per channel.
-
-    Each channel ``A_k``, upsampled bilinearly to the input and min-max scaled to [0, 1], masks
-    the input: ``w_k = softmax(f(x ⊙ M_k))_c``, ``map = ReLU(Σ_k w_k A_k)``, as in the authors'
-    code (constant channels get weight 0 and cost no forward pass). With a callable ``target``,
-    ``w_k`` is its score of the masked input.
-
-    Args:
-        batch_size: masked images per forward pass; bounds the memory used.
-        channels: keep only the ``channels`` channels of largest activation variance per sample
-            (others weigh 0). An approximation, named Faster-ScoreCAM in tf-keras-vis: K forward
-            passes become ``channels``.
-        weighting: ``"probability"`` (the paper) or ``"channel_softmax"``: softmax over the
-            channels of the target's raw score, as pytorch-grad-cam computes it.
-        progress: show a progress bar over the forward passes.
-        Others as for :func:`backlight.grad_cam`.
-
-    Example:
-        >>> import torch, torchvision, backlight
-        >>> model = torchvision.models.resnet18(num_classes=10)
-        >>> x = torch.randn(1, 3, 64, 64)
-        >>> backlight.score_cam(model, x, 3, layer="layer4", progress=False).shape
-        torch.Size([1, 1, 2, 2])
-    """
-    relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-    progress = check_flag("progress", progress)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if channels is not None and (
-        isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
-    ):
-        raise OptionError(f"`channels` must be None or a positive int, not {channels!r}")
-    if not is_choice(weighting, ("probability", "channel_softmax")):
-        raise OptionError(
-            f"`weighting` must be 'probability' or 'channel_softmax', not {weighting!r}"
-        )
-    c = _layer_capture(
-        model, x, target, layer=layer, reshape=reshape, method="score_cam", gradient=False
-    )
-    a = c.activation
-    n, k = a.shape[:2]
-    classes = None if callable(target) else class_indices(c.output, target)
-
-    # Which (sample, channel) pairs need a forward pass.
-    flat = a.flatten(2)
-    active = flat.amax(dim=2) > flat.amin(dim=2)
-    if weighting == "channel_softmax":
-        active = torch.ones_like(active)
-    if channels is not None and channels < k:
-        keep = torch.zeros_like(active)
-        keep.scatter_(1, flat.var(dim=2).topk(channels, dim=1).indices, True)
-        active &= keep
-    pairs = active.nonzero()  # (P, 2): sample, channel
-    check_memory(  # masks, masked images and the model's first activations
-        4 * x.element_size() * min(batch_size, max(pairs.shape[0], 1)) * x[0].numel(),
-        x.device,
-        what=f"`batch_size`={batch_size}: Score-CAM batches of masked images",
-        fix="lower batch_size",
-    )
-    scores = torch.zeros(n, k, dtype=a.dtype, device=a.device)
-    with explaining(model), torch.inference_mode():
-        starts = range(0, pairs.shape[0], batch_size)
-        for start in tqdm(starts, desc="score_cam", disable=not progress, leave=False):
-            sample, channel = pairs[start : start + batch_size].unbind(1)
-            masks = resize_to(a[sample, channel][:, None], x)
-            low = masks.amin(dim=(2, 3), keepdim=True)
-            high = masks.amax(dim=(2, 3), keepdim=True)
-            span = high - low
-            masks = torch.where(span > 0, (masks - low) / span.clamp(min=1e-30), 0.0)
-            out = model(x[sample] * masks)
-            if classes is None:
-                assert callable(target)
-                value = target(out)
-            elif weighting == "probability":
-                value = out.softmax(dim=1).gather(1, classes[sample][:, None])[:, 0]
-            else:
-                value = out.gather(1, classes[sample][:, None])[:, 0]
-            scores[sample, channel] = value.to(scores.dtype)
-    if weighting == "channel_softmax":
-        scores = scores.masked_fill(~active, float("-inf")).softmax(dim=1)
-    return _finish((scores[:, :, None, None] * a).sum(dim=1, keepdim=True), x, relu, resize)
+    resize = check_flag("resize", resize)
+    c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="linear_approx")
+    assert c.gradient is not None
+    return explanation(_finish(_linear_approx_map(c.activation, c.gradient), x, False, resize), c)

@@ -7,8 +7,17 @@ from torch import nn
 
 from .._checks import check_flag
 from .._excitation import ExcitationBackpropContext, excite_linear
-from .._pipeline import forward, grad_mode, gradient_at, require_feature_map, resize_to, run
+from .._pipeline import (
+    explanation,
+    forward,
+    grad_mode,
+    gradient_at,
+    require_feature_map,
+    resize_to,
+    run,
+)
 from .._registry import register
+from .._result import Explanation
 from .._types import Layer, Target
 from ..errors import MethodNotApplicableError
 
@@ -35,7 +44,7 @@ def excitation_backprop(
     *,
     layer: Layer | None = None,
     resize: bool = False,
-) -> torch.Tensor:
+) -> Explanation:
     """Excitation backprop (Zhang et al. 2016): the marginal winning probability (MWP) map.
 
     A probability of 1 starts at the target class and flows down: through a layer
@@ -75,7 +84,7 @@ def excitation_backprop(
     assert capture.gradient is not None
     require_feature_map(capture.gradient, capture.layer)
     maps = capture.gradient.sum(dim=1, keepdim=True)
-    return resize_to(maps, x) if resize else maps
+    return explanation(resize_to(maps, x) if resize else maps, capture)
 
 
 @register(
@@ -93,7 +102,7 @@ def contrastive_excitation_backprop(
     *,
     layer: Layer | None = None,
     resize: bool = False,
-) -> torch.Tensor:
+) -> Explanation:
     """Contrastive excitation backprop (c-MWP, Zhang et al. 2016).
 
     The excitation reaching the classifier's input ``h`` from the target class, minus the one a
@@ -152,4 +161,4 @@ def contrastive_excitation_backprop(
             grad = gradient_at(classifier.input, fw.wrt, fw.layer, seed=real - dual)
     require_feature_map(grad, fw.layer)
     maps = grad.sum(dim=1, keepdim=True).clamp(min=0)
-    return resize_to(maps, x) if resize else maps
+    return explanation(resize_to(maps, x) if resize else maps, fw)

@@ -31,15 +31,15 @@ from .._checks import (
 )
 from .._checks import check_fraction as _fraction
 from .._checks import check_positive_int as _positive_int
+from .._pipeline import Clean, clean_pass
 from .._registry import register
-from .._state import explaining
-from .._targets import callable_scores, class_indices, is_score_function, select_scores
+from .._result import Explanation
 from .._types import Target
 from ..errors import OptionError
 from ._extremal_ops import MaskGenerator, area_penalty, blur_pyramid, fade_pyramid, perturb
 from ._forward import Forward
 
-__all__ = ["ExtremalResult", "extremal_perturbation"]
+__all__ = ["extremal_perturbation"]
 
 Variant: TypeAlias = Literal["preserve", "delete", "dual"]
 Jitter: TypeAlias = Literal["alternate", "random"] | None
@@ -53,35 +53,6 @@ _LEARNING_RATE = 0.01
 _MOMENTUM = 0.9
 _PENALTY_WEIGHT = 300.0
 _PENALTY_GROWTH = 1.0035
-
-
-@dataclass(frozen=True)
-class ExtremalResult:
-    """What :func:`extremal_perturbation` found.
-
-    Attributes:
-        masks: the masks (N, A, H, W) in [0, 1], one per image and area, at the input's size;
-            1 keeps the pixel, 0 blurs it fully.
-        scores: (N, A) the target's score (as the reward counts it: the class score, or its
-            margin over the best other class with ``contrastive=True``) on the image perturbed
-            by each mask: the preserved image for "preserve" and "dual", the image with the
-            region deleted for "delete".
-        history: (N, A, 2, max_iter) per iteration, the reward (row 0) and the area term of
-            the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive).
-        areas: the areas, in the order of the masks' second dimension.
-        variant: "preserve", "delete" or "dual".
-    """
-
-    masks: torch.Tensor
-    scores: torch.Tensor
-    history: torch.Tensor
-    areas: tuple[float, ...]
-    variant: str
-
-    @property
-    def maps(self) -> torch.Tensor:
-        """The masks (N, A, H, W), the saliency maps of this method."""
-        return self.masks
 
 
 @register(
@@ -113,7 +84,7 @@ def extremal_perturbation(
     seed: int = 0,
     autocast: torch.dtype | None = None,
     progress: bool = True,
-) -> ExtremalResult:
+) -> Explanation:
     """Extremal perturbations (Fong, Patrick & Vedaldi, ICCV 2019).
 
     For each area ``a``, the smooth mask ``m`` whose area is ``a`` and that keeps the most
@@ -162,8 +133,14 @@ def extremal_perturbation(
         progress: show a progress bar on stderr.
 
     Returns:
-        An :class:`ExtremalResult`: ``masks`` (N, A, H, W), ``scores`` (N, A) and the
-        optimisation ``history``; ``maps`` is ``masks``.
+        An :class:`~backlight.Explanation` whose maps are the masks (N, A, H, W) in [0, 1], one
+        per image and area at the input's size (1 keeps the pixel, 0 blurs it fully), also as
+        ``.masks``; ``.scores`` (N, A) the target's score (as the reward counts it: the class
+        score, or its margin over the best other class with ``contrastive=True``) on the image
+        perturbed by each mask (preserved for "preserve" and "dual", deleted for "delete");
+        ``.history`` (N, A, 2, max_iter) per iteration the reward (row 0) and the area term of
+        the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive);
+        ``.areas`` and ``.variant``.
 
     Example:
         >>> import torch, torchvision, backlight
@@ -177,157 +154,198 @@ def extremal_perturbation(
     """
     model = check_model(model)
     x = check_input(x, model)
-    area_list = _areas(areas)
-    if not is_choice(variant, ("preserve", "delete", "dual")):
-        raise OptionError(f"`variant` must be 'preserve', 'delete' or 'dual', not {variant!r}")
-    if not is_choice(perturbation, ("blur", "fade")):
-        raise OptionError(f"`perturbation` must be 'blur' or 'fade', not {perturbation!r}")
-    if not is_choice(jitter, ("alternate", "random", None)):
-        raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
-    max_iter = _positive_int("max_iter", max_iter)
-    num_levels = _positive_int("num_levels", num_levels, high=_MAX_LEVELS)
-    if num_levels < 2:
-        raise OptionError(f"`num_levels` must be at least 2, not {num_levels}")
-    # Beyond the image's long side a step, a smoothness or a blur means nothing more.
-    side = max(x.shape[-2:])
-    scale = min(x.shape[-2:]) / 224
-    step = max(1, round(7 * scale)) if step is None else _positive_int("step", step, high=side)
-    sigma = 3.0 * step if sigma is None else check_positive_real("sigma", sigma, high=side)
-    max_blur = (
-        20.0 * scale if max_blur is None else check_positive_real("max_blur", max_blur, high=side)
+    problem = _Problem.check(
+        x,
+        areas=areas,
+        variant=variant,
+        max_iter=max_iter,
+        step=step,
+        sigma=sigma,
+        perturbation=perturbation,
+        num_levels=num_levels,
+        max_blur=max_blur,
+        area_with_margin=area_with_margin,
+        jitter=jitter,
+        seed=seed,
     )
     contrastive = check_flag("contrastive", contrastive)
-    area_with_margin = check_flag("area_with_margin", area_with_margin)
     progress = check_flag("progress", progress)
-    seed = check_seed(seed)
     autocast = check_autocast(autocast)
-    by_callable = is_score_function(target)
-    if by_callable and contrastive:
-        raise OptionError(
-            "`contrastive=True` needs class indices as `target`, not a callable; fold the "
-            "contrast into the callable instead (score minus the best other score)"
-        )
-
-    n, _, height, width = x.shape
-    a = len(area_list)
-    x = x.detach()
-    generator = MaskGenerator((height, width), step, sigma)
-    _check_memory(x, a, num_levels, max_iter, generator)
-    flips = _flips(jitter, seed, max_iter)
-    with explaining(model):
+    n, a = x.shape[0], len(problem.areas)
+    with clean_pass(model, x, target, contrastive=contrastive) as clean:
+        x = clean.x
         with torch.no_grad():
-            clean = x.clone()  # the model may write into its input: give it a copy, and see
-            version = clean._version
-            output = model(clean)
-            writes_input = clean._version != version  # ... whether it does: then batches are copied
-            classes = None if by_callable else class_indices(output, target)
-            if by_callable:
-                select_scores(output, target)  # checks the callable's result on the clean batch
-            if perturbation == "blur":
-                pyramid = blur_pyramid(x, num_levels, max_blur)
-            else:
-                pyramid = fade_pyramid(x, num_levels)
-            steps = torch.cat(
-                [pyramid[:, 1:] - pyramid[:, :-1], torch.zeros_like(pyramid[:, :1])], dim=1
-            )
-        weights = generator.weights(x.device, x.dtype)
-        params = x.new_ones(n * a, 1, *generator.grid)
-        counted = generator.full[0] * generator.full[1] if area_with_margin else height * width
-        kept = torch.tensor(
-            [counted - int(counted * (1 - area)) for area in area_list] * n, device=x.device
-        )
-        history = x.new_empty(n * a, 2, max_iter)
+            pyramid = problem.pyramid(x)
         # under autocast: channels-last batches and a copy of the model with its weights cast
         forward = Forward(model, x, autocast=autocast, channels_last=autocast is not None)
-        velocity: torch.Tensor | None = None
-        weight = _PENALTY_WEIGHT
-        with (
-            torch.enable_grad(),
-            tqdm(total=max_iter, desc="extremal perturbation", disable=not progress) as bar,
-        ):
-            for t in range(max_iter):
-                params.requires_grad_(True)
-                mask, full = generator(params, weights, margin=area_with_margin)
-                images = _perturbed(pyramid, steps, mask, variant, n, a)
-                if flips[t]:
-                    images = images.flip(dims=(4,))
-                scores = _scores(forward, images, classes, target, contrastive, writes_input)
-                reward = _reward(scores, variant, a)
-                penalty = -weight * area_penalty(mask if full is None else full, kept)
-                energy = (reward + penalty).sum()
-                (grad,) = torch.autograd.grad(-energy, params)
-                with torch.no_grad():
-                    velocity = (
-                        grad
-                        if velocity is None
-                        else velocity.mul_(_MOMENTUM).add_(grad, alpha=1 - _MOMENTUM)
-                    )
-                    params = (params.detach() - _LEARNING_RATE * velocity).clamp_(0, 1)
-                    history[:, 0, t] = reward.detach()
-                    history[:, 1, t] = penalty.detach()
-                weight *= _PENALTY_GROWTH
-                bar.update()
+        mask, history = _optimise(problem, forward, pyramid, clean, progress)
         with torch.no_grad():
-            masks = mask.detach()
-            final = _perturbed(pyramid, steps, masks, variant, n, a)[:, :a]
-            final_scores = _scores(model, final, classes, target, contrastive, writes_input)
-    return ExtremalResult(
-        masks=masks.view(n, a, height, width).clone(),
-        scores=final_scores.detach().clone(),
-        history=history.view(n, a, 2, max_iter).cpu(),
-        areas=tuple(area_list),
-        variant=variant,
+            final = _perturbed(pyramid, mask, problem.variant, n, a)[:, :a]
+            scores = _scores(model, final, clean)
+    masks = mask.view(n, a, *x.shape[-2:]).clone()
+    return Explanation.make(
+        masks,
+        targets=clean.scorer.classes,
+        scores=scores.clone(),
+        masks=masks,
+        history=history.view(n, a, 2, problem.max_iter).cpu(),
+        areas=problem.areas,
+        variant=problem.variant,
     )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The optimisation's settings, checked, and what follows from them and the image size."""
+
+    areas: tuple[float, ...]
+    variant: Variant
+    max_iter: int
+    perturbation: Perturbation
+    num_levels: int
+    max_blur: float
+    area_with_margin: bool
+    flips: tuple[bool, ...]
+    generator: MaskGenerator
+
+    @staticmethod
+    def check(x: torch.Tensor, **options: Any) -> _Problem:
+        area_list = _areas(options["areas"])
+        variant, perturbation, jitter = (
+            options["variant"],
+            options["perturbation"],
+            options["jitter"],
+        )
+        if not is_choice(variant, ("preserve", "delete", "dual")):
+            raise OptionError(f"`variant` must be 'preserve', 'delete' or 'dual', not {variant!r}")
+        if not is_choice(perturbation, ("blur", "fade")):
+            raise OptionError(f"`perturbation` must be 'blur' or 'fade', not {perturbation!r}")
+        if not is_choice(jitter, ("alternate", "random", None)):
+            raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
+        max_iter = _positive_int("max_iter", options["max_iter"])
+        num_levels = _positive_int("num_levels", options["num_levels"], high=_MAX_LEVELS)
+        if num_levels < 2:
+            raise OptionError(f"`num_levels` must be at least 2, not {num_levels}")
+        # Beyond the image's long side a step, a smoothness or a blur means nothing more.
+        side = max(x.shape[-2:])
+        scale = min(x.shape[-2:]) / 224
+        step, sigma, max_blur = options["step"], options["sigma"], options["max_blur"]
+        step = max(1, round(7 * scale)) if step is None else _positive_int("step", step, high=side)
+        sigma = 3.0 * step if sigma is None else check_positive_real("sigma", sigma, high=side)
+        max_blur = (
+            20.0 * scale
+            if max_blur is None
+            else check_positive_real("max_blur", max_blur, high=side)
+        )
+        margin = check_flag("area_with_margin", options["area_with_margin"])
+        seed = check_seed(options["seed"])
+        generator = MaskGenerator((int(x.shape[-2]), int(x.shape[-1])), step, sigma)
+        _check_memory(x, len(area_list), num_levels, max_iter, generator)
+        flips = tuple(_flips(jitter, seed, max_iter))
+        return _Problem(
+            tuple(area_list),
+            variant,
+            max_iter,
+            perturbation,
+            num_levels,
+            max_blur,
+            margin,
+            flips,
+            generator,
+        )
+
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, L, C, H, W) perturbed levels, from the most perturbed to ``x`` itself, and the
+        differences between consecutive levels (the last one zero)."""
+        if self.perturbation == "blur":
+            levels = blur_pyramid(x, self.num_levels, self.max_blur)
+        else:
+            levels = fade_pyramid(x, self.num_levels)
+        steps = torch.cat([levels[:, 1:] - levels[:, :-1], torch.zeros_like(levels[:, :1])], dim=1)
+        return levels, steps
+
+    def kept(self, n: int, device: torch.device) -> torch.Tensor:
+        """(N · A,) how many pixels of each mask the area constraint keeps."""
+        full = self.generator.full
+        h, w = self.generator.shape
+        counted = full[0] * full[1] if self.area_with_margin else h * w
+        counts = [counted - int(counted * (1 - area)) for area in self.areas] * n
+        return torch.tensor(counts, device=device)
+
+
+def _optimise(
+    problem: _Problem,
+    forward: Forward,
+    pyramid: tuple[torch.Tensor, torch.Tensor],
+    clean: Clean,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TorchRay's optimisation of every mask at once: SGD with momentum on the parameter grids,
+    the area penalty's weight growing each step. Returns the final masks (N · A, H, W) and the
+    history (N · A, 2, max_iter) of the reward and the area term."""
+    x, n, a = clean.x, clean.x.shape[0], len(problem.areas)
+    generator = problem.generator
+    weights = generator.weights(x.device, x.dtype)
+    params = x.new_ones(n * a, 1, *generator.grid)
+    kept = problem.kept(n, x.device)
+    history = x.new_empty(n * a, 2, problem.max_iter)
+    velocity: torch.Tensor | None = None
+    weight = _PENALTY_WEIGHT
+    bar = tqdm(total=problem.max_iter, desc="extremal perturbation", disable=not progress)
+    with torch.enable_grad(), bar:
+        for t in range(problem.max_iter):
+            params.requires_grad_(True)
+            mask, full = generator(params, weights, margin=problem.area_with_margin)
+            images = _perturbed(pyramid, mask, problem.variant, n, a)
+            if problem.flips[t]:
+                images = images.flip(dims=(4,))
+            reward = _reward(_scores(forward, images, clean), problem.variant, a)
+            penalty = -weight * area_penalty(mask if full is None else full, kept)
+            (grad,) = torch.autograd.grad(-(reward + penalty).sum(), params)
+            with torch.no_grad():
+                velocity = (
+                    grad
+                    if velocity is None
+                    else velocity.mul_(_MOMENTUM).add_(grad, alpha=1 - _MOMENTUM)
+                )
+                params = (params.detach() - _LEARNING_RATE * velocity).clamp_(0, 1)
+                history[:, 0, t] = reward.detach()
+                history[:, 1, t] = penalty.detach()
+            weight *= _PENALTY_GROWTH
+            bar.update()
+    return mask.detach(), history
 
 
 def _perturbed(
-    pyramid: torch.Tensor,
-    steps: torch.Tensor,
-    mask: torch.Tensor,
-    variant: str,
-    n: int,
-    a: int,
+    pyramid: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, variant: str, n: int, a: int
 ) -> torch.Tensor:
     """The images the model sees, (N, copies · A, C, H, W): for "dual" the A preserved images
     of each input, then its A deleted ones."""
     mask = mask.view(n, a, *mask.shape[1:])
     if variant == "preserve":
-        return perturb(pyramid, steps, mask)
+        return perturb(*pyramid, mask)
     if variant == "delete":
-        return perturb(pyramid, steps, 1 - mask)
-    return torch.cat([perturb(pyramid, steps, mask), perturb(pyramid, steps, 1 - mask)], dim=1)
+        return perturb(*pyramid, 1 - mask)
+    return torch.cat([perturb(*pyramid, mask), perturb(*pyramid, 1 - mask)], dim=1)
 
 
 def _scores(
-    forward: Callable[[torch.Tensor], Any],
-    images: torch.Tensor,
-    classes: torch.Tensor | None,
-    target: Target,
-    contrastive: bool,
-    writes_input: bool,
+    forward: Callable[[torch.Tensor], Any], images: torch.Tensor, clean: Clean
 ) -> torch.Tensor:
     """The target's score of every perturbed image, (N, copies · A).
-
-    With ``writes_input``, for a model that writes into its input, each batch goes in as a copy
-    (autograd forbids writing into the views that iterating over ``images`` gives).
 
     Each input's images go through the model in a forward pass of their own: the arithmetic of
     a forward pass can depend on the batch size (oneDNN picks its kernels by shape), and the
     area penalty's ranking makes the optimisation sensitive to the last bit, so one pass per
-    input is what makes a batch give exactly the masks of its inputs run one at a time.
+    input is what makes a batch give exactly the masks of its inputs run one at a time. A model
+    that writes into its input gets each batch as a copy (autograd forbids writing into the
+    views that iterating over ``images`` gives).
     """
     rows = []
     for i, batch in enumerate(images):
-        output = forward(batch.clone() if writes_input else batch)
-        if classes is None:
-            rows.append(callable_scores(target, output, batch.shape[0]))  # type: ignore[arg-type]
-            continue
-        logits: torch.Tensor = output
-        label = classes[i].expand(batch.shape[0], 1)
-        chosen = logits.gather(1, label)[:, 0]
-        if contrastive:
-            chosen = chosen - logits.scatter(1, label, float("-inf")).amax(dim=1)
-        rows.append(chosen)
+        output = forward(batch.clone() if clean.writes_input else batch)
+        sample = torch.full((batch.shape[0],), i, device=batch.device)
+        rows.append(clean.scorer(output, sample))
     return torch.stack(rows)
 
 

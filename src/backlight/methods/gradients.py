@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from .._checks import check_flag, check_reduce
-from .._pipeline import reduce_channels, require_feature_map, resize_to, run
+from .._pipeline import explanation, reduce_channels, require_feature_map, resize_to, run
 from .._registry import register
+from .._result import Explanation
 from .._rules import DeConvNetContext, GuidedBackpropContext, _RuleContext
 from .._types import Layer, Reduce, Target
 
@@ -32,7 +33,7 @@ def _saliency(
     rule: Callable[..., _RuleContext] | None,
     method: str,
     clipped_relu: bool = True,
-) -> torch.Tensor:
+) -> Explanation:
     reduce = check_reduce(reduce)
     resize = check_flag("resize", resize)
     clipped_relu = check_flag("clipped_relu", clipped_relu)
@@ -44,7 +45,7 @@ def _saliency(
     if capture.layer is not None:
         require_feature_map(capture.gradient, capture.layer)
     maps = reduce_channels(capture.gradient, reduce)
-    return resize_to(maps, x) if resize else maps
+    return explanation(resize_to(maps, x) if resize else maps, capture)
 
 
 @register(
@@ -63,7 +64,7 @@ def gradient(
     layer: Layer | None = None,
     reduce: Reduce = "abs_max",
     resize: bool = False,
-) -> torch.Tensor:
+) -> Explanation:
     """The gradient of the class score with respect to the input (Simonyan et al. 2014).
 
     ``map = reduce_c(∂ score / ∂ a)``, with ``a`` the input or the output of ``layer``.
@@ -111,7 +112,7 @@ def guided_backprop(
     reduce: Reduce = "abs_max",
     resize: bool = False,
     clipped_relu: bool = True,
-) -> torch.Tensor:
+) -> Explanation:
     """Guided backpropagation (Springenberg et al. 2015).
 
     At every ReLU the gradient passes only where the forward input was positive and the upstream
@@ -165,7 +166,7 @@ def deconvnet(
     reduce: Reduce = "abs_max",
     resize: bool = False,
     clipped_relu: bool = True,
-) -> torch.Tensor:
+) -> Explanation:
     """DeconvNet (Zeiler & Fergus 2014), also known as "rectified" gradient in tf-keras-vis.
 
     At every ReLU the upstream signal passes clamped at zero, whatever the forward input:

@@ -29,18 +29,12 @@ from .._checks import (
 )
 from .._checks import check_fraction as _fraction
 from .._checks import check_positive_int as _positive_int
+from .._pipeline import clean_pass
 from .._registry import register
-from .._state import explaining
-from .._targets import (
-    Probability,
-    callable_scores,
-    check_probability,
-    class_indices,
-    is_score_function,
-    to_probability,
-)
+from .._result import Explanation
+from .._targets import Probability
 from .._types import Target
-from ..errors import OptionError, TargetError
+from ..errors import OptionError
 from ._forward import Forward
 
 __all__ = ["RiseMasks", "rise"]
@@ -188,7 +182,7 @@ def rise(
     probability: Probability = "softmax",
     autocast: torch.dtype | None = None,
     progress: bool = True,
-) -> torch.Tensor:
+) -> Explanation:
     """RISE, randomized input sampling for explanation (Petsiuk, Das & Saenko, BMVC 2018).
 
     The map is the expected score of the masked image given that the pixel was kept, estimated
@@ -227,8 +221,7 @@ def rise(
         torch.Size([2, 1, 32, 32])
     """
     model = check_model(model)
-    x = check_input(x, model)
-    n, channels, height, width = x.shape
+    n, channels, height, width = check_input(x, model).shape
     batch_size = _positive_int("batch_size", batch_size)
     largest = min(batch_size, _positive_int("num_masks", num_masks))
     check_memory(  # a batch of masks, the masked images and the model's first activations
@@ -238,55 +231,41 @@ def rise(
         fix="lower batch_size",
     )
     masks = RiseMasks((height, width), num_masks=num_masks, cells=cells, p=p, seed=seed)
-    probability = check_probability(probability)
     progress = check_flag("progress", progress)
     autocast = check_autocast(autocast)
-    every_class = isinstance(target, str) and target == "all"
-    per_image = is_score_function(target)
-    x = x.detach()
 
-    with explaining(model), torch.inference_mode():
-        scores = to_probability(model(x.clone()), probability)  # the model may write into it
-        if every_class:
-            if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
-                raise TargetError(
-                    "`target='all'` needs a model that returns one score per class (N, classes)"
-                )
-            classes = None
-            check_memory(
-                x.element_size() * n * scores.shape[1] * height * width,
-                x.device,
-                what=f"`target='all'`: {scores.shape[1]} maps of {height}x{width} per image",
-                fix="explain the classes you need, one call per class or a list of targets",
-            )
-            saliency = x.new_zeros(n, scores.shape[1], height * width)
-        elif per_image:
-            callable_scores(target, scores, n)  # type: ignore[arg-type]
-            classes = None
-            saliency = x.new_zeros(n, 1, height * width)
-        else:
-            classes = class_indices(scores, target)  # type: ignore[arg-type]
-            saliency = x.new_zeros(n, 1, height * width)
-
-        forward = Forward(model, x, autocast=autocast, channels_last=True)
-        # masked batches come out in the layout the model is fed (the product keeps it)
-        images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
-        with tqdm(total=masks.num_masks * n, desc="RISE", unit="mask", disable=not progress) as bar:
-            for start in range(0, masks.num_masks, batch_size):
-                stop = min(start + batch_size, masks.num_masks)
-                batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
-                flat = batch.reshape(stop - start, height * width)
-                for i in range(n):
-                    source = images if forward.channels_last else x  # x after a fallback
-                    output = to_probability(forward(source[i : i + 1] * batch), probability)
-                    if every_class:
-                        weights = output.T  # (K, B)
-                    elif per_image:
-                        weights = callable_scores(target, output, stop - start)[None]  # type: ignore[arg-type]
-                    else:
-                        assert classes is not None
-                        weights = output[:, classes[i]][None]
-                    saliency[i].addmm_(weights.to(x.dtype), flat)
-                    bar.update(stop - start)
-        saliency /= masks.num_masks * masks.p
-    return saliency.reshape(n, -1, height, width).clone()
+    with clean_pass(model, x, target, probability=probability, every_class=True) as clean:
+        x, scorer = clean.x, clean.scorer
+        given = scorer(clean.output)  # the scores of the input as given
+        maps = given.shape[1] if scorer.every_class else 1
+        check_memory(
+            x.element_size() * n * maps * height * width,
+            x.device,
+            what=f"`target='all'`: {maps} maps of {height}x{width} per image",
+            fix="explain the classes you need, one call per class or a list of targets",
+        )
+        saliency = x.new_zeros(n, maps, height * width)
+        with torch.inference_mode():
+            forward = Forward(model, x, autocast=autocast, channels_last=True)
+            # masked batches come out in the layout the model is fed (the product keeps it)
+            images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
+            bar = tqdm(total=masks.num_masks * n, desc="RISE", unit="mask", disable=not progress)
+            with bar:
+                for start in range(0, masks.num_masks, batch_size):
+                    stop = min(start + batch_size, masks.num_masks)
+                    batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
+                    flat = batch.reshape(stop - start, height * width)
+                    for i in range(n):
+                        source = images if forward.channels_last else x  # x after a fallback
+                        rows = torch.full((stop - start,), i, device=x.device)
+                        weights = scorer(forward(source[i : i + 1] * batch), rows)
+                        weights = weights.T if scorer.every_class else weights[None]  # (maps, B)
+                        saliency[i].addmm_(weights.to(x.dtype), flat)
+                        bar.update(stop - start)
+            saliency /= masks.num_masks * masks.p
+    return Explanation.make(
+        saliency.reshape(n, -1, height, width).clone(),
+        targets=scorer.classes,
+        scores=None if scorer.every_class else given,
+        num_masks=masks.num_masks,
+    )

@@ -18,10 +18,11 @@ from .._checks import (
     check_real,
     check_seed,
 )
-from .._pipeline import run
+from .._pipeline import clean_pass
 from .._registry import get_method, list_methods, register
+from .._result import Explanation
 from .._state import autograd_on
-from .._targets import class_indices, is_score_function, per_sample
+from .._targets import is_score_function, per_sample
 from .._types import Target
 from ..errors import OptionError
 
@@ -62,7 +63,7 @@ def smooth_grad(
     batch_size: int = 32,
     progress: bool = True,
     **options: Any,
-) -> torch.Tensor:
+) -> Explanation:
     """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017).
 
     ``map = 1/n Σ_j M(x + σ ε_j)`` with ``ε_j ~ N(0, I)``, ``σ = noise · (max x_i − min x_i)`` per
@@ -111,8 +112,9 @@ def smooth_grad(
     classes: Any
     if is_score_function(target):
         classes = target
-    elif target is None:  # the classes predicted for the clean input
-        classes = class_indices(run(model, x, None, gradient=False).output, None)
+    elif target is None:  # the classes predicted for the input as given
+        with clean_pass(model, x, None) as clean:
+            classes = clean.scorer.classes
     else:  # the method checks the range on its first call
         classes = per_sample(target, x.shape[0], x.device)
 
@@ -134,7 +136,21 @@ def smooth_grad(
             total = torch.zeros((n, *maps.shape[1:]), dtype=maps.dtype, device=maps.device)
         total.index_add_(0, rows, maps)
     assert total is not None
-    return total / samples
+    smoothed = _resolve_name(method)
+    return Explanation.make(
+        total / samples,
+        method="smooth_grad",
+        targets=None if callable(classes) else classes,
+        smoothed=smoothed,
+    )
+
+
+def _resolve_name(method: str | Callable[..., Any]) -> str:
+    """The registered name of ``method``, or its own name for a user's function."""
+    if isinstance(method, str):
+        return get_method(method).name
+    registered = [m.name for m in list_methods() if method in (m.function, m.public)]
+    return registered[0] if registered else getattr(method, "__name__", repr(method))
 
 
 @register(

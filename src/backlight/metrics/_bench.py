@@ -249,8 +249,7 @@ def _method(method: str | MethodInfo) -> MethodInfo:
 def _maps(
     info: MethodInfo, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, options: Any
 ) -> torch.Tensor:
-    result = info.function(model, x, labels, **options)
-    maps = result if isinstance(result, torch.Tensor) else result.maps
+    maps: torch.Tensor = info.function(model, x, labels, **options)
     return maps.detach().float()
 
 

@@ -20,17 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import check_input, check_memory, check_model, check_positive_real
-from .._state import autograd_on, explaining
-from .._targets import (
-    Probability,
-    callable_scores,
-    check_probability,
-    class_indices,
-    is_score_function,
-    to_probability,
-)
+from .._pipeline import clean_pass
+from .._state import autograd_on
+from .._targets import Probability, check_probability, is_score_function
 from .._types import Target
 from ..errors import InputError, OptionError, TargetError
+from ..methods._forward import Forward
 from ._common import flag, positive_int, resize_maps, saliency_batch
 
 __all__ = ["PerturbationCurves", "blur", "deletion", "insertion"]
@@ -253,8 +248,7 @@ def _run(
     )
     progress = flag("progress", progress)
     probability = check_probability(probability)
-    per_image = is_score_function(target)
-    if per_image and probability is not None:
+    if is_score_function(target) and probability is not None:
         raise TargetError(
             "a callable `target` receives the model's output as it is; pass probability=None "
             "with it, or give class indices as `target`"
@@ -272,27 +266,19 @@ def _run(
     changed = (torch.arange(steps + 1, device=x.device) * per_step).clamp(max=pixels)
 
     curves = torch.empty(n, steps + 1, dtype=torch.float64)
-    classes: torch.Tensor | None = None
-    with explaining(model), torch.inference_mode():
-        if not per_image:
-            outputs = [
-                to_probability(model(x[i : i + batch_size].clone()), probability)
-                for i in range(0, n, batch_size)
-            ]
-            classes = class_indices(torch.cat(outputs), target)
+    with clean_pass(model, x, target, probability=probability) as clean, torch.inference_mode():
+        forward = Forward(model, x, autocast=None, channels_last=False)
         with tqdm(total=n * (steps + 1), desc=mode, unit="image", disable=not progress) as bar:
             for i in range(n):
                 for first in range(0, steps + 1, batch_size):
                     counts = changed[first : first + batch_size]
                     keep = rank[i].reshape(1, 1, height, width) >= counts.reshape(-1, 1, 1, 1)
                     batch = torch.where(keep, start[i : i + 1], finish[i : i + 1])
-                    output = to_probability(model(batch), probability)
-                    if classes is None:
-                        values = callable_scores(target, output, batch.shape[0])  # type: ignore[arg-type]
-                    else:
-                        values = output[:, classes[i]]
+                    rows = torch.full((batch.shape[0],), i, device=x.device)
+                    values = clean.scorer(forward(batch), rows)
                     curves[i, first : first + batch.shape[0]] = values.double().cpu()
                     bar.update(batch.shape[0])
+    classes = clean.scorer.classes
     auc = (curves.sum(dim=1) - (curves[:, 0] + curves[:, -1]) / 2) / steps
     axis = torch.arange(steps + 1, dtype=torch.float64) / steps
     fractions = changed.double().cpu() / pixels

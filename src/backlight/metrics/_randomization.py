@@ -22,7 +22,7 @@ from .._checks import check_input, check_model, is_choice
 from .._layers import resolve_layer, trace
 from .._registry import get_method
 from .._state import autograd_on
-from .._targets import class_indices
+from .._targets import Scorer
 from .._types import Layer, Target
 from ..errors import InputError, MethodNotApplicableError, OptionError
 from ._common import flag, integer
@@ -105,8 +105,8 @@ def randomization(
     Args:
         model: the classifier.
         x: images ``(N, C, H, W)``.
-        method: a function ``fn(model, x, target, **options)`` returning maps (or a result with
-            ``.maps``), or the name of a registered method (``"guided_backprop"``).
+        method: a function ``fn(model, x, target, **options)`` returning maps, or the name of a
+            registered method (``"guided_backprop"``).
         target: as for the methods; ``None`` is resolved once, on the original model.
         options: keyword options for the method (``{"layer": "layer4", "resize": True}``).
         mode: ``"cascading"`` (cumulative, from the output down) or ``"independent"`` (one
@@ -145,7 +145,7 @@ def randomization(
     work = copy.deepcopy(model)
     output, order = _trace(work, x)
     if target is None:
-        target = class_indices(output, None)
+        target = Scorer.resolve(output, None, x.shape[0]).classes
     if layers is None:
         names = order
         if not names:
@@ -241,12 +241,11 @@ def _maps(
     target: Target,
     options: dict[str, Any],
 ) -> torch.Tensor:
-    result = function(model, x, target, **options)
-    maps = result if isinstance(result, torch.Tensor) else getattr(result, "maps", None)
+    maps = function(model, x, target, **options)
     if not isinstance(maps, torch.Tensor) or maps.dim() < 3 or maps.shape[0] != x.shape[0]:
         raise InputError(
-            "the method must return maps (N, C, h, w) (or a result with `.maps`) with one map "
-            f"per image, got {type(result).__name__}"
+            "the method must return maps (N, C, h, w) with one map per image, got "
+            f"{type(maps).__name__}"
         )
     return maps.detach().double().cpu()
 
