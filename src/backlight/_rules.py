@@ -102,19 +102,63 @@ _CLIPPED_RELUS: dict[Any, Callable[..., Any]] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# The rules as autograd functions. The forward runs the original call unchanged (so values,
-# in-place semantics and dtypes are exactly PyTorch's); only the backward differs.
+# The rules, as small objects; one autograd function runs any of them.
+
+
+class RectifierRule:
+    """A backward rule for rectifiers: what gradient a ReLU (or a clipped ReLU with range
+    ``(lo, hi)``) hands down, given the gradient ``g`` arriving at its output ``y``. Subclasses
+    override :meth:`backward`; a rule that needs ``y`` says so with ``needs_output``."""
+
+    name: ClassVar[str] = "rule"
+    needs_output: ClassVar[bool] = False
+
+    def backward(
+        self, grad: torch.Tensor, y: torch.Tensor | None, lo: float, hi: float | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GuidedRule(RectifierRule):
+    """Guided backprop: the usual derivative times the positive part of ``g``:
+    ``[lo < y < hi] · max(g, 0)``."""
+
+    name = "guided backprop"
+    needs_output = True
+
+    def backward(
+        self, grad: torch.Tensor, y: torch.Tensor | None, lo: float, hi: float | None
+    ) -> torch.Tensor:
+        assert y is not None
+        positive = grad.clamp(min=0)
+        if hi is None:  # y > 0 <=> x > 0: the output suffices, even in place
+            passed: torch.Tensor = torch.ops.aten.threshold_backward(positive, y, 0)
+        else:
+            passed = torch.ops.aten.hardtanh_backward(positive, y, lo, hi)
+        return passed
+
+
+class DeConvNetRule(RectifierRule):
+    """DeconvNet: ``max(g, 0)``, whatever the forward input."""
+
+    name = "deconvnet"
+
+    def backward(
+        self, grad: torch.Tensor, y: torch.Tensor | None, lo: float, hi: float | None
+    ) -> torch.Tensor:
+        return grad.clamp(min=0)
 
 
 class _Rectifier(torch.autograd.Function):
     """``apply(x, rule, func, args, kwargs, lo, hi, inplace)``: ``func(*args, **kwargs)`` on the
-    way forward, the rule (``"guided"`` or ``"deconvnet"``) on the way back."""
+    way forward (so values, in-place semantics and dtypes are exactly PyTorch's), ``rule``'s
+    backward on the way back."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        rule: str,
+        rule: RectifierRule,
         func: Callable[..., torch.Tensor],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -125,22 +169,16 @@ class _Rectifier(torch.autograd.Function):
         y = func(*args, **kwargs)
         if inplace:
             ctx.mark_dirty(x)
-        if rule == "guided":
-            ctx.save_for_backward(y)  # y > lo  <=>  x > lo: the output suffices, even in place
+        if rule.needs_output:
+            ctx.save_for_backward(y)
         ctx.rule, ctx.lo, ctx.hi = rule, lo, hi
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        positive = grad.clamp(min=0)
-        if ctx.rule == "guided":
-            (y,) = ctx.saved_tensors
-            if ctx.hi is None:
-                positive = torch.ops.aten.threshold_backward(positive, y, 0)
-            else:
-                positive = torch.ops.aten.hardtanh_backward(positive, y, ctx.lo, ctx.hi)
-        return positive, None, None, None, None, None, None, None
+        (y,) = ctx.saved_tensors if ctx.rule.needs_output else (None,)
+        return ctx.rule.backward(grad, y, ctx.lo, ctx.hi), None, None, None, None, None, None, None
 
 
 def autograd_nodes(score: torch.Tensor) -> Iterator[Any]:
@@ -225,7 +263,7 @@ class ModeContext:
 class _RectifierMode(TorchFunctionMode):
     """Routes every rectifier call of this thread through ``rule``; counts them."""
 
-    def __init__(self, rule: str, clipped_relu: bool) -> None:
+    def __init__(self, rule: RectifierRule, clipped_relu: bool) -> None:
         super().__init__()
         self.rule = rule
         self.table = {**_RELUS, **(_CLIPPED_RELUS if clipped_relu else {})}
@@ -251,8 +289,9 @@ class _RectifierMode(TorchFunctionMode):
 
 
 class _RuleContext(ModeContext):
-    _rule: ClassVar[str]
-    _name: ClassVar[str]
+    """A context applying one :class:`RectifierRule` to every rectifier of the thread."""
+
+    rule: ClassVar[RectifierRule]
 
     def __init__(self, *, clipped_relu: bool = True, warn: bool = True) -> None:
         super().__init__()
@@ -269,7 +308,7 @@ class _RuleContext(ModeContext):
         return self._count + sum(int(mode.count) for mode in self._modes)
 
     def _make_mode(self) -> TorchFunctionMode:
-        return _RectifierMode(self._rule, self.clipped_relu)
+        return _RectifierMode(self.rule, self.clipped_relu)
 
     def verify(self, model: nn.Module, score: torch.Tensor, method: str) -> None:
         """No rectifier on the way to ``score`` escaped the rule (TorchScript, torch.compile),
@@ -298,7 +337,7 @@ class _RuleContext(ModeContext):
         self._count += mode.count
         if self.warn and not failed and mode.count == 0:
             warnings.warn(
-                f"{type(self).__name__} saw no ReLU inside its block, so {self._name} did not "
+                f"{type(self).__name__} saw no ReLU inside its block, so {self.rule.name} did not "
                 "change any gradient; the model may use other activations (GELU, SiLU, ...)",
                 RuleNotAppliedWarning,
                 stacklevel=3,
@@ -334,8 +373,7 @@ class GuidedBackpropContext(_RuleContext):
         torch.Size([1, 3])
     """
 
-    _rule = "guided"
-    _name = "guided backprop"
+    rule = GuidedRule()
 
 
 class DeConvNetContext(_RuleContext):
@@ -347,5 +385,4 @@ class DeConvNetContext(_RuleContext):
     :class:`GuidedBackpropContext`.
     """
 
-    _rule = "deconvnet"
-    _name = "deconvnet"
+    rule = DeConvNetRule()
