@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,95 +60,78 @@ def excite_linear(
     return x.detach() * back
 
 
-class _Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        func: Callable[..., torch.Tensor],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        weight: torch.Tensor,
-        rest: tuple[Any, ...],
-        rest_kwargs: dict[str, Any],
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.func, ctx.weight, ctx.rest, ctx.rest_kwargs = func, weight, rest, rest_kwargs
-        return func(*args, **kwargs)
+class _Rule:
+    """One operation's excitation rule: the probability its input receives, given the
+    probability ``p`` at its output, the input ``x`` (when :attr:`needs_input`) and what the
+    call recorded (``state``)."""
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, p: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        grad = excite_linear(ctx.func, x, ctx.weight, ctx.rest, ctx.rest_kwargs, p)
-        return grad, None, None, None, None, None, None
+    needs_input: ClassVar[bool] = True
+
+    def backward(self, x: torch.Tensor | None, p: torch.Tensor, state: Any) -> torch.Tensor:
+        raise NotImplementedError
 
 
-class _Average(torch.autograd.Function):
-    """Pooling by averaging (and means): all weights are positive, so ``f(x, w⁺) = f(x)``."""
+class _LinearRule(_Rule):
+    """Convolution or linear layer: ``x ⊙ f*(p ⊘ f(x, w⁺))``; ``state`` is
+    ``(func, weight, rest, rest_kwargs)``."""
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        func: Callable[..., torch.Tensor],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
-        y = func(*args, **kwargs)
-        ctx.save_for_backward(x)
-        ctx.func, ctx.rest, ctx.kwargs = func, args[1:], kwargs
-        return y
+    def backward(self, x: torch.Tensor | None, p: torch.Tensor, state: Any) -> torch.Tensor:
+        assert x is not None
+        func, weight, rest, rest_kwargs = state
+        return excite_linear(func, x, weight, rest, rest_kwargs, p)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, p: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
+
+class _AverageRule(_Rule):
+    """Pooling by averaging (and means): all weights are positive, so ``f(x, w⁺) = f(x)``;
+    ``state`` is ``(func, rest, kwargs)``."""
+
+    def backward(self, x: torch.Tensor | None, p: torch.Tensor, state: Any) -> torch.Tensor:
+        assert x is not None
+        func, rest, kwargs = state
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            y = ctx.func(leaf, *ctx.rest, **ctx.kwargs)
+            y = func(leaf, *rest, **kwargs)
             (back,) = torch.autograd.grad(y, leaf, _safe_divide(p, y.detach()))
-        return x * back, None, None, None
+        return x * back
 
 
-class _PassThrough(torch.autograd.Function):
-    """Batch normalisation: each unit's probability goes to its own input, unchanged."""
+class _PassRule(_Rule):
+    """Batch normalisation (each unit's probability goes to its own input), and ``c · x`` or
+    ``x / c`` by a number: ``p`` passes unchanged when ``state`` (c > 0) is true, else nothing."""
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        func: Callable[..., torch.Tensor],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
-        return func(*args, **kwargs)
+    needs_input = False
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, p: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return p, None, None, None
+    def backward(self, x: torch.Tensor | None, p: torch.Tensor, state: Any) -> torch.Tensor:
+        return p if state else torch.zeros_like(p)
 
 
-class _Scale(torch.autograd.Function):
-    """``c · x`` or ``x / c`` by a number: ``p`` passes unchanged when ``c > 0``, else nothing."""
+_LINEAR_RULE, _AVERAGE_RULE, _PASS_RULE = _LinearRule(), _AverageRule(), _PassRule()
+
+
+class _Excited(torch.autograd.Function):
+    """``apply(x, rule, state, func, args, kwargs)``: ``func(*args, **kwargs)`` on the way
+    forward, unchanged; ``rule``'s excitation on the way back."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
+        rule: _Rule,
+        state: Any,
         func: Callable[..., torch.Tensor],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        positive: bool,
     ) -> torch.Tensor:
-        ctx.positive = positive
+        if rule.needs_input:
+            ctx.save_for_backward(x)
+        ctx.rule, ctx.state = rule, state
         return func(*args, **kwargs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, p: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (p if ctx.positive else torch.zeros_like(p)), None, None, None, None
+        (x,) = ctx.saved_tensors if ctx.rule.needs_input else (None,)
+        return ctx.rule.backward(x, p, ctx.state), None, None, None, None, None
 
 
 class _Sum(torch.autograd.Function):
@@ -301,13 +284,14 @@ class _ExcitationMode(TorchFunctionMode):
             rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             rest = args[3:]
-            y = _Linear.apply(x, func, args, kwargs, weight, rest, rest_kwargs)
+            state = (func, weight, rest, rest_kwargs)
+            y = _Excited.apply(x, _LINEAR_RULE, state, func, args, kwargs)
             self.last_linear = LinearCall(func, x, weight, rest, rest_kwargs, y)
             return y
         if func in _AVERAGE and isinstance(x, torch.Tensor):
-            return _Average.apply(x, func, args, kwargs)
+            return _Excited.apply(x, _AVERAGE_RULE, (func, args[1:], kwargs), func, args, kwargs)
         if func in _NORMALISATION and isinstance(x, torch.Tensor):
-            return _PassThrough.apply(x, func, args, kwargs)
+            return _Excited.apply(x, _PASS_RULE, True, func, args, kwargs)
         if (func in _ADD or func in _ADD_INPLACE) and len(args) == 2 and not kwargs:
             a, b = args
             both = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
@@ -319,7 +303,8 @@ class _ExcitationMode(TorchFunctionMode):
             a, b = args
             tensor, number = (a, b) if isinstance(a, torch.Tensor) else (b, a)
             if isinstance(number, numbers.Real) and isinstance(tensor, torch.Tensor):
-                return _Scale.apply(tensor, func, args, kwargs, float(number) > 0)
+                positive = float(number) > 0
+                return _Excited.apply(tensor, _PASS_RULE, positive, func, args, kwargs)
         if func in _ROUTING:
             return func(*args, **kwargs)
         result = func(*args, **kwargs)

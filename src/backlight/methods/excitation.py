@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
 from .._checks import check_flag
 from .._excitation import ExcitationBackpropContext, excite_linear
 from .._pipeline import (
+    Capture,
+    Pass,
     explanation,
     forward,
     grad_mode,
@@ -16,7 +21,7 @@ from .._pipeline import (
     resize_to,
     run,
 )
-from .._registry import register
+from .._registry import get_method, register
 from .._result import Explanation
 from .._types import Layer, Target
 from ..errors import MethodNotApplicableError
@@ -29,22 +34,77 @@ _PAPER = (
 )
 
 
-@register(
+#: ``compute(model, x, target, layer, name) -> (maps (N, 1, h, w), the pass)``.
+Compute = Callable[[nn.Module, torch.Tensor, Target, Layer | None, str], tuple[torch.Tensor, Any]]
+
+
+def _excitation_method(
+    name: str, compute: Compute, doc: str, *, summary: str, aliases: tuple[str, ...]
+) -> Callable[..., Explanation]:
+    """A registered excitation method: ``compute`` under the excitation rules, then the
+    feature-map check and the resize."""
+
+    def method(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        layer: Layer | None = None,
+        resize: bool = False,
+    ) -> Explanation:
+        resize = check_flag("resize", resize)
+        maps, done = compute(model, x, target, layer, name)
+        return explanation(resize_to(maps, x) if resize else maps, done)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    register(
+        name, family="excitation", layered=True, summary=summary, paper=_PAPER, aliases=aliases
+    )(method)
+    return get_method(name).function
+
+
+def _marginal_winning_probability(
+    model: nn.Module, x: torch.Tensor, target: Target, layer: Layer | None, name: str
+) -> tuple[torch.Tensor, Capture]:
+    capture = run(model, x, target, layer=layer, context=ExcitationBackpropContext, method=name)
+    assert capture.gradient is not None
+    require_feature_map(capture.gradient, capture.layer)
+    return capture.gradient.sum(dim=1, keepdim=True), capture
+
+
+def _contrastive(
+    model: nn.Module, x: torch.Tensor, target: Target, layer: Layer | None, name: str
+) -> tuple[torch.Tensor, Pass]:
+    fw = forward(model, x, target, layer=layer, context=ExcitationBackpropContext, method=name)
+    classifier = fw.context.last_linear
+    if classifier is None:
+        raise MethodNotApplicableError(
+            "contrastive excitation backprop needs a classifier (a convolution or linear layer) "
+            f"on the way from `layer` to the output, and {type(model).__name__} has none there"
+        )
+    with grad_mode():
+        # The excitation at the classifier's output, then its split at the classifier's input
+        # by the real weights and by the negated ones.
+        p = gradient_at(fw.scores.sum(), classifier.output, fw.layer, retain_graph=True)
+        split = [
+            excite_linear(
+                classifier.func, classifier.input, weight, classifier.rest, classifier.kwargs, p
+            )
+            for weight in (classifier.weight, -classifier.weight)
+        ]
+        difference = split[0] - split[1]
+        if classifier.input is fw.wrt:
+            grad = difference
+        else:
+            grad = gradient_at(classifier.input, fw.wrt, fw.layer, seed=difference)
+    require_feature_map(grad, fw.layer)
+    return grad.sum(dim=1, keepdim=True).clamp(min=0), fw
+
+
+excitation_backprop = _excitation_method(
     "excitation_backprop",
-    family="excitation",
-    layered=True,
-    summary="top-down marginal winning probabilities through positive weights",
-    paper=_PAPER,
-    aliases=("ebp", "mwp"),
-)
-def excitation_backprop(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    resize: bool = False,
-) -> Explanation:
+    _marginal_winning_probability,
     """Excitation backprop (Zhang et al. 2016): the marginal winning probability (MWP) map.
 
     A probability of 1 starts at the target class and flows down: through a layer
@@ -71,38 +131,14 @@ def excitation_backprop(
         >>> m = backlight.excitation_backprop(model, torch.randn(1, 3, 64, 64), 3, layer="layer2")
         >>> m.shape
         torch.Size([1, 1, 8, 8])
-    """
-    resize = check_flag("resize", resize)
-    capture = run(
-        model,
-        x,
-        target,
-        layer=layer,
-        context=ExcitationBackpropContext,
-        method="excitation_backprop",
-    )
-    assert capture.gradient is not None
-    require_feature_map(capture.gradient, capture.layer)
-    maps = capture.gradient.sum(dim=1, keepdim=True)
-    return explanation(resize_to(maps, x) if resize else maps, capture)
-
-
-@register(
-    "contrastive_excitation_backprop",
-    family="excitation",
-    layered=True,
-    summary="excitation of the class minus that of its dual (negated) classifier",
-    paper=_PAPER,
-    aliases=("c_ebp", "c_mwp"),
+    """,
+    summary="top-down marginal winning probabilities through positive weights",
+    aliases=("ebp", "mwp"),
 )
-def contrastive_excitation_backprop(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    resize: bool = False,
-) -> Explanation:
+
+contrastive_excitation_backprop = _excitation_method(
+    "contrastive_excitation_backprop",
+    _contrastive,
     """Contrastive excitation backprop (c-MWP, Zhang et al. 2016).
 
     The excitation reaching the classifier's input ``h`` from the target class, minus the one a
@@ -119,46 +155,7 @@ def contrastive_excitation_backprop(
         >>> x = torch.randn(1, 3, 64, 64)
         >>> backlight.contrastive_excitation_backprop(model, x, 3, layer="features.10").shape
         torch.Size([1, 1, 8, 8])
-    """
-    resize = check_flag("resize", resize)
-    fw = forward(
-        model,
-        x,
-        target,
-        layer=layer,
-        context=ExcitationBackpropContext,
-        method="contrastive_excitation_backprop",
-    )
-    classifier = fw.context.last_linear
-    if classifier is None:
-        raise MethodNotApplicableError(
-            "contrastive excitation backprop needs a classifier (a convolution or linear layer) "
-            f"on the way from `layer` to the output, and {type(model).__name__} has none there"
-        )
-    with grad_mode():
-        # The excitation at the classifier's output, then its split at the classifier's input
-        # by the real weights and by the negated ones.
-        p = gradient_at(fw.scores.sum(), classifier.output, fw.layer, retain_graph=True)
-        real = excite_linear(
-            classifier.func,
-            classifier.input,
-            classifier.weight,
-            classifier.rest,
-            classifier.kwargs,
-            p,
-        )
-        dual = excite_linear(
-            classifier.func,
-            classifier.input,
-            -classifier.weight,
-            classifier.rest,
-            classifier.kwargs,
-            p,
-        )
-        if classifier.input is fw.wrt:
-            grad = real - dual
-        else:
-            grad = gradient_at(classifier.input, fw.wrt, fw.layer, seed=real - dual)
-    require_feature_map(grad, fw.layer)
-    maps = grad.sum(dim=1, keepdim=True).clamp(min=0)
-    return explanation(resize_to(maps, x) if resize else maps, fw)
+    """,
+    summary="excitation of the class minus that of its dual (negated) classifier",
+    aliases=("c_ebp", "c_mwp"),
+)

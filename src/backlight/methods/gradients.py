@@ -14,7 +14,7 @@ from torch import nn
 
 from .._checks import check_flag, check_reduce
 from .._pipeline import explanation, reduce_channels, require_feature_map, resize_to, run
-from .._registry import register
+from .._registry import get_method, register
 from .._result import Explanation
 from .._rules import DeConvNetContext, GuidedBackpropContext, _RuleContext
 from .._types import Layer, Reduce, Target
@@ -94,25 +94,50 @@ def gradient(
     )
 
 
-@register(
-    "guided_backprop",
-    family="gradient",
-    smoothable=True,
-    summary="gradient with negative signals stopped at every ReLU, forward and backward",
-    paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
-    "The All Convolutional Net, ICLR-W 2015",
-    aliases=("guided",),
-)
-def guided_backprop(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
+def _rule_method(
+    name: str,
+    context: type[_RuleContext],
+    doc: str,
     *,
-    layer: Layer | None = None,
-    reduce: Reduce = "abs_max",
-    resize: bool = False,
-    clipped_relu: bool = True,
-) -> Explanation:
+    summary: str,
+    paper: str,
+    aliases: tuple[str, ...],
+) -> Callable[..., Explanation]:
+    """A registered gradient method whose backward pass runs ``context``'s rule at every ReLU."""
+
+    def method(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        layer: Layer | None = None,
+        reduce: Reduce = "abs_max",
+        resize: bool = False,
+        clipped_relu: bool = True,
+    ) -> Explanation:
+        return _saliency(
+            model,
+            x,
+            target,
+            layer=layer,
+            reduce=reduce,
+            resize=resize,
+            rule=context,
+            method=context.rule.name,
+            clipped_relu=clipped_relu,
+        )
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    register(
+        name, family="gradient", smoothable=True, summary=summary, paper=paper, aliases=aliases
+    )(method)
+    return get_method(name).function
+
+
+guided_backprop = _rule_method(
+    "guided_backprop",
+    GuidedBackpropContext,
     """Guided backpropagation (Springenberg et al. 2015).
 
     At every ReLU the gradient passes only where the forward input was positive and the upstream
@@ -135,38 +160,16 @@ def guided_backprop(
         >>> rgb = backlight.guided_backprop(model, torch.randn(1, 3, 64, 64), 3, reduce=None)
         >>> rgb.shape
         torch.Size([1, 3, 64, 64])
-    """
-    return _saliency(
-        model,
-        x,
-        target,
-        layer=layer,
-        reduce=reduce,
-        resize=resize,
-        rule=GuidedBackpropContext,
-        method="guided backprop",
-        clipped_relu=clipped_relu,
-    )
-
-
-@register(
-    "deconvnet",
-    family="gradient",
-    smoothable=True,
-    summary="backward pass with the upstream signal rectified at every ReLU",
-    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
-    aliases=("rectified",),
+    """,
+    summary="gradient with negative signals stopped at every ReLU, forward and backward",
+    paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
+    "The All Convolutional Net, ICLR-W 2015",
+    aliases=("guided",),
 )
-def deconvnet(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    layer: Layer | None = None,
-    reduce: Reduce = "abs_max",
-    resize: bool = False,
-    clipped_relu: bool = True,
-) -> Explanation:
+
+deconvnet = _rule_method(
+    "deconvnet",
+    DeConvNetContext,
     """DeconvNet (Zeiler & Fergus 2014), also known as "rectified" gradient in tf-keras-vis.
 
     At every ReLU the upstream signal passes clamped at zero, whatever the forward input:
@@ -178,18 +181,11 @@ def deconvnet(
         >>> model = torchvision.models.alexnet(num_classes=10)
         >>> backlight.deconvnet(model, torch.randn(1, 3, 96, 96), 0).shape
         torch.Size([1, 1, 96, 96])
-    """
-    return _saliency(
-        model,
-        x,
-        target,
-        layer=layer,
-        reduce=reduce,
-        resize=resize,
-        rule=DeConvNetContext,
-        method="deconvnet",
-        clipped_relu=clipped_relu,
-    )
+    """,
+    summary="backward pass with the upstream signal rectified at every ReLU",
+    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+    aliases=("rectified",),
+)
 
 
 #: The deconvnet method under the name tf-keras-vis users know.
