@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import backlight
+from backlight.bench import benchmark
 from backlight.cli import main
-from backlight.metrics import benchmark
 
 
 def _intensity(model: torch.nn.Module, x: torch.Tensor, target: object) -> torch.Tensor:
@@ -67,3 +67,22 @@ def test_bench_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--method", "grad_came", "--images", "2"]) == 2
     assert "did you mean 'grad_cam'" in capsys.readouterr().err
     assert main(["bench", "--images", "0"]) == 2
+
+
+def test_bench_is_an_application_outside_the_metrics() -> None:
+    """The bench uses the metrics; the metrics library does not contain it, and importing
+    backlight or its metrics does not import it (nor the visualisation, nor matplotlib)."""
+    import subprocess
+    import sys
+
+    assert set(backlight.bench.__all__) == {"BenchResult", "BenchRow", "benchmark", "write_bench"}
+    assert not {"benchmark", "write_bench"} & set(backlight.metrics.__all__)
+    code = (
+        "import sys, backlight, backlight.metrics; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' "
+        "or m in ('backlight.bench', 'backlight.viz', 'PIL.ImageDraw')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -623,7 +623,7 @@ HOSTILE = [
 
 
 def _sweep_targets() -> dict[str, tuple[Any, list[str]]]:
-    from backlight import data, viz
+    from backlight import bench, data, viz
 
     torch.manual_seed(0)
     model = Writes(inplace=False).eval()
@@ -710,9 +710,9 @@ def _sweep_targets() -> dict[str, tuple[Any, list[str]]]:
             ),
             ["method", "model", "x", "target", "samples", "noise", "seed", "batch_size"],
         ),
-        "metrics.benchmark": (
+        "bench.benchmark": (
             bind(
-                metrics.benchmark,
+                bench.benchmark,
                 methods=["gradient"],
                 images=2,
                 randomization_images=1,

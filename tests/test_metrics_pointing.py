@@ -40,10 +40,6 @@ from backlight.metrics import (
 )
 
 DOCUMENTED = {
-    "BenchResult",
-    "BenchRow",
-    "benchmark",
-    "write_bench",
     "COCO2014",
     "VOC2007",
     "VOC_CLASSES",

@@ -6,8 +6,13 @@ Every method takes ``(model, x, target=None, **options)`` with ``x`` a float ten
 
 from __future__ import annotations
 
-from . import metrics as metrics
-from . import viz as viz
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported on first use: `import backlight` needs neither
+    from . import bench as bench
+    from . import metrics as metrics
+    from . import viz as viz
 from ._checks import ForeignHookWarning
 from ._excitation import ExcitationBackpropContext
 from ._layers import default_cam_layer
@@ -84,3 +89,14 @@ __all__ = [
     "smooth_grad",
     "vit_reshape",
 ]
+
+
+_LAZY = ("bench", "data", "metrics", "viz")
+
+
+def __getattr__(name: str) -> Any:
+    """``backlight.metrics``, ``backlight.viz``, ``backlight.bench`` and ``backlight.data``,
+    imported when first used."""
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

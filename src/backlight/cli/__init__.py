@@ -31,7 +31,7 @@ from ._explain import (
     write,
 )
 from ._models import load_model
-from ._outputs import file_stems
+from ._outputs import file_stems, staged
 
 __all__ = ["main"]
 
@@ -231,7 +231,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..metrics import benchmark, write_bench
+    from ..bench import benchmark, write_bench
 
     methods = parse_methods(args.method)
     if args.images < 1:
@@ -244,10 +244,11 @@ def _bench(args: argparse.Namespace) -> int:
         baseline=True,
         progress=not args.quiet,
     )
-    written = write_bench(result, Path(args.out))
+    with staged(Path(args.out)) as stage:  # all three files, or none
+        names = [path.name for path in write_bench(result, stage)]
     if not args.quiet:
         print(result.markdown())
-        print(f"wrote {', '.join(p.name for p in written)} to {args.out}/")
+        print(f"wrote {', '.join(names)} to {args.out}/")
     return 0
 
 

@@ -22,7 +22,6 @@ Example:
     True
 """
 
-from ._bench import BenchResult, BenchRow, benchmark, write_bench
 from ._causal import PerturbationCurves, blur, deletion, insertion
 from ._datasets import (
     COCO2014,
@@ -48,15 +47,12 @@ __all__ = [
     "COCO2014",
     "VOC2007",
     "VOC_CLASSES",
-    "BenchResult",
-    "BenchRow",
     "PerturbationCurves",
     "PointingGame",
     "PointingObject",
     "PointingResult",
     "PointingSample",
     "RandomizationResult",
-    "benchmark",
     "blur",
     "boxes_to_mask",
     "deletion",
@@ -69,5 +65,4 @@ __all__ = [
     "randomization",
     "spearman",
     "ssim",
-    "write_bench",
 ]

@@ -1,4 +1,5 @@
-"""Every method on the synthetic shapes, scored against the ground truth: one table.
+"""The bench, an application of the library: every method on the synthetic shapes, scored
+against the ground truth, in one table (``backlight bench`` on the command line).
 
 For each method: the pointing game against the objects' masks, deletion and insertion AUCs,
 the rank correlation with the original map once every layer is randomized, and the time per
@@ -19,17 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_flag, check_positive_int, check_real
-from .._registry import MethodInfo, call_options, get_method, list_methods
-from ..errors import OptionError
-from ..viz import save_png
-from ._causal import deletion, insertion
-from ._pointing import pointing_game
-from ._randomization import randomization
+from ._checks import check_flag, check_positive_int, check_real
+from ._registry import MethodInfo, call_options, get_method, list_methods
+from .errors import OptionError
+from .metrics import deletion, insertion, pointing_game, randomization
+from .viz import save_png
+
+
+__all__ = ["BenchResult", "BenchRow", "benchmark", "write_bench"]
 
 
 @dataclass(frozen=True)
@@ -142,14 +143,14 @@ def benchmark(
         A :class:`BenchResult`: ``.rows``, ``.markdown()``, ``.csv()``, ``.plot()``.
 
     Example:
-        >>> from backlight.metrics import benchmark
+        >>> from backlight.bench import benchmark
         >>> result = benchmark(["grad_cam"], images=6, randomization_images=2, progress=False)
         >>> row = result.rows[0]
         >>> row.method, 0.0 <= row.pointing <= 1.0
         ('grad_cam', True)
     """
-    from ..data import make_batch
-    from ..demo import CAM_LAYER, load_demo_model
+    from .data import make_batch
+    from .demo import CAM_LAYER, load_demo_model
 
     if methods is not None and (isinstance(methods, str) or not isinstance(methods, Sequence)):
         raise OptionError(
@@ -262,31 +263,31 @@ def _one_channel(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 
 _PANELS = (
-    ("pointing game (higher is better)", "pointing", 1.0),
-    ("deletion AUC (lower is better)", "deletion", 1.0),
-    ("insertion AUC (higher is better)", "insertion", 1.0),
-    ("randomization rank correlation (lower is better)", "randomization", 1.0),
+    ("pointing game\n(higher is better)", "pointing"),
+    ("deletion AUC\n(lower is better)", "deletion"),
+    ("insertion AUC\n(higher is better)", "insertion"),
+    ("randomization rank correlation\n(lower is better)", "randomization"),
 )
 
 
 def _plot(rows: Sequence[BenchRow]) -> np.ndarray:
-    font = ImageFont.load_default(size=13)
-    bar_h, gap, label_w, width = 16, 4, 230, 260
-    panel_h = 28 + len(rows) * (bar_h + gap)
-    image = Image.new("RGB", (label_w + 2 * width + 60, 2 * panel_h + 20), "white")
-    draw = ImageDraw.Draw(image)
-    for k, (title, field, top) in enumerate(_PANELS):
-        ox = label_w + (k % 2) * (width + 30)
-        oy = 10 + (k // 2) * panel_h
-        draw.text((ox, oy), title, fill="black", font=font)
-        for i, row in enumerate(rows):
-            y = oy + 24 + i * (bar_h + gap)
-            if k % 2 == 0:
-                draw.text((10, y), row.method, fill="black", font=font)
-            value = getattr(row, field)
-            value = 0.0 if math.isnan(value) else max(min(value, top), -top)
-            length = int(abs(value) / top * (width - 50))
-            colour = (74, 122, 184) if value >= 0 else (200, 80, 60)
-            draw.rectangle([ox, y, ox + max(length, 1), y + bar_h], fill=colour)
-            draw.text((ox + length + 4, y), f"{getattr(row, field):.2f}", fill="black", font=font)
-    return np.asarray(image)
+    """Four horizontal bar charts, one per score, drawn by matplotlib (Agg, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [row.method for row in rows]
+    figure = Figure(figsize=(11, 1.2 + 0.5 * len(rows)), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(_PANELS), sharey=True)
+    for ax, (title, field) in zip(axes, _PANELS, strict=True):
+        values = [getattr(row, field) for row in rows]
+        shown = [0.0 if math.isnan(v) else v for v in values]
+        bars = ax.barh(names, shown, color=["#4a7ab8" if v >= 0 else "#c8503c" for v in shown])
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(min(0.0, *shown) * 1.25, max(1.0, *shown) * 1.25)
+        ax.tick_params(labelsize=8)
+    axes[0].invert_yaxis()  # the first method on top (the axes share it)
+    canvas.draw()  # type: ignore[no-untyped-call]
+    pixels: np.ndarray = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]
+    return pixels
