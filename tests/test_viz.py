@@ -9,6 +9,8 @@ import html.parser
 import io
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -201,39 +203,98 @@ def test_rgb_rendering_of_a_batch_is_per_sample() -> None:
 # --- colormaps ----------------------------------------------------------------------------------
 
 
-def test_colormap_endpoints() -> None:
-    np.testing.assert_allclose(
-        viz.colormap("inferno")([0.0, 1.0]), np.array([[3, 3, 8], [255, 247, 185]]) / 255
+def matplotlib_u8(name: str, values: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """matplotlib's own 8-bit colours (what imshow and imsave draw), without the alpha."""
+    import matplotlib
+
+    rgba = np.asarray(matplotlib.colormaps[name](values, bytes=True), dtype=np.uint8)
+    rgb: npt.NDArray[np.uint8] = rgba[..., :3]
+    return rgb
+
+
+def test_importing_viz_does_not_import_matplotlib() -> None:
+    code = (
+        "import sys, backlight.viz; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
     )
-    np.testing.assert_allclose(
-        viz.colormap("gray")([0.0, 0.25, 1.0]), np.array([[0, 0, 0], [0.25] * 3, [1, 1, 1]])
-    )
-    np.testing.assert_allclose(
-        viz.colormap("jet")([0.0, 0.375, 1.0]), np.array([[0, 0, 0.5], [0, 1, 1], [0.5, 0, 0]])
-    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
+
+
+def test_every_matplotlib_colormap_gives_matplotlibs_colours() -> None:
+    import matplotlib
+
+    names = viz.list_colormaps()
+    assert set(names) == set(matplotlib.colormaps) and len(names) > 150  # _r names too
+    assert names == tuple(sorted(names, key=lambda n: (n.lower(), n)))
+    values = np.linspace(0.0, 1.0, 1001)
+    ramp = values[None]  # min 0, max 1: min-max scaling leaves the values as they are
+    for name in names:
+        colours = viz.colorize(ramp, name, mode="minmax", percentile=100)[0]
+        np.testing.assert_array_equal(colours, matplotlib_u8(name, values), err_msg=name)
+        # matplotlib truncates to 8 bits; rounding its float colours is never more than 1 off
+        exact = matplotlib.colormaps[name](values)[:, :3] * 255
+        assert np.abs(colours - exact).max() < 1, name
+
+
+def test_colorize_is_what_matplotlib_imsave_writes() -> None:
+    import matplotlib.image
+
+    heat = np.random.default_rng(4).normal(size=(12, 17))
+    for name in ("jet", "viridis", "RdBu_r"):
+        buffer = io.BytesIO()
+        matplotlib.image.imsave(
+            buffer, heat, cmap=name, vmin=heat.min(), vmax=heat.max(), format="png"
+        )
+        with Image.open(buffer) as png:
+            written = np.asarray(png.convert("RGB"))
+        ours = viz.colorize(heat, name, mode="minmax", percentile=100)
+        np.testing.assert_array_equal(ours, written, err_msg=name)
+
+
+def test_colormap_endpoints_are_matplotlibs() -> None:
+    for name in ("inferno", "gray", "jet", "coolwarm"):
+        np.testing.assert_array_equal(
+            u8(viz.colormap(name)([0.0, 0.375, 1.0])), matplotlib_u8(name, [0.0, 0.375, 1.0])
+        )
+    assert u8(viz.colormap("jet")([0.0, 1.0])).tolist() == [[0, 0, 127], [127, 0, 0]]
     # values outside [0, 1] are clipped to the ends
-    np.testing.assert_allclose(
+    np.testing.assert_array_equal(
         viz.colormap("viridis")([-3.0, 7.0]), viz.colormap("viridis")([0.0, 1.0])
     )
-    np.testing.assert_allclose(
-        viz.colormap("inferno_r")([0.0, 1.0]), viz.colormap("inferno")([1.0, 0.0])
-    )
+    assert viz.colormap("viridis")(0.5).shape == (3,)  # RGB, matplotlib's alpha left out
 
 
-def test_jet_is_the_classic_trapezoids() -> None:
-    x = np.linspace(0, 1, 1001)
-    expected = np.stack([np.clip(1.5 - np.abs(4 * x - k), 0, 1) for k in (3, 2, 1)], axis=-1)
-    np.testing.assert_allclose(viz.colormap("jet")(x), expected, atol=1e-12)
+def test_reversed_names() -> None:
+    centres = (np.arange(256) + 0.5) / 256  # one value in each of the 256 table entries
+    for name in ("inferno", "jet", "RdBu"):
+        reversed_ = viz.colormap(f"{name}_r")
+        assert reversed_.name == f"{name}_r" and viz.colormap(name).reversed().name == f"{name}_r"
+        # matplotlib builds jet_r from reversed segments: its table may differ by one step
+        assert np.abs(reversed_(centres) - viz.colormap(name)(1 - centres)).max() < 1.5 / 255
+        np.testing.assert_array_equal(viz.colormap(name).reversed()(centres), reversed_(centres))
+    twice = viz.colormap("inferno_r").reversed()
+    assert twice.name == "inferno"  # not matplotlib's "inferno_r_r"
+    np.testing.assert_array_equal(twice(centres), viz.colormap("inferno")(centres))
+    assert viz.colormap("coolwarm_r").kind == "diverging"  # reversing keeps the kind
+
+
+def test_names_are_looked_up_ignoring_case_when_unambiguous() -> None:
+    assert viz.colormap("rdbu").name == "RdBu" and viz.colormap("Inferno").name == "inferno"
+    assert viz.colormap("GREYS_R").name == "Greys_r"
 
 
 @pytest.mark.parametrize("name", ["inferno", "viridis", "gray"])
 def test_sequential_maps_rise_in_lightness(name: str) -> None:
-    lstar = lightness(viz.colormap(name)(np.linspace(0, 1, 1001)))
-    steps = np.diff(lstar)
-    assert (steps > 0).all(), f"{name}: L* falls at {np.argmin(steps) / 1000:.3f}"
-    assert lstar[-1] - lstar[0] > 70
-    if name != "gray":  # designed in equal steps of L*: no stretch is more than 2.5x another
-        assert steps.max() / steps.min() < 2.5
+    stops = lightness(viz.colormap(name)(np.linspace(0, 1, 65)))  # every 4th table entry
+    assert (np.diff(stops) > 0).all(), f"{name}: L* falls at {np.argmin(np.diff(stops)) / 64}"
+    assert stops[-1] - stops[0] > 70
+    # between neighbouring entries 8-bit rounding may dip (viridis by 0.02 L*), never visibly
+    assert np.diff(lightness(viz.colormap(name)(np.linspace(0, 1, 1001)))).min() > -0.05
+    if name != "gray":  # perceptually uniform: no stretch is 6x as steep as another
+        assert np.diff(stops).max() / np.diff(stops).min() < 6
     assert viz.colormap(name).kind == "sequential"
 
 
@@ -244,19 +305,47 @@ def test_jet_lightness_is_not_monotonic() -> None:  # the reason it is not the d
 def test_diverging_map_sends_zero_to_neutral_and_opposites_to_mirror_colours() -> None:
     cmap = viz.colormap("coolwarm")
     assert cmap.kind == "diverging"
-    np.testing.assert_allclose(cmap(0.5), np.array([232, 232, 232]) / 255)
+    centre = matplotlib_u8("coolwarm", 0.5)  # matplotlib's light grey in the middle
+    assert centre.tolist() == [221, 220, 219]
     d = np.linspace(0.01, 0.5, 50)
     above, below = cmap(0.5 + d), cmap(0.5 - d)
-    np.testing.assert_allclose(lightness(above), lightness(below), atol=1.0)  # equally strong
+    np.testing.assert_allclose(lightness(above), lightness(below), atol=0.5)  # equally strong
     assert (above[:, 0] > above[:, 2]).all() and (below[:, 2] > below[:, 0]).all()  # red / blue
     distance = np.linalg.norm(above - cmap(0.5), axis=-1)
     assert (np.diff(distance) > 0).all()  # stronger with |x|
     # through colorize: 0 is neutral, +x and -x equally light, on opposite sides
     colours = viz.colorize(torch.tensor([[-3.0, -1.0, 0.0, 1.0, 3.0]]), percentile=100)[0]
-    assert colours[2].tolist() == [232, 232, 232]
+    assert colours[2].tolist() == centre.tolist()
     assert abs(lightness(colours[0] / 255) - lightness(colours[4] / 255)) < 1.0
     assert abs(lightness(colours[1] / 255) - lightness(colours[3] / 255)) < 1.0
     assert colours[0][2] > colours[0][0] and colours[4][0] > colours[4][2]
+
+
+def test_diverging_maps_are_named_and_scaled_around_zero() -> None:
+    import matplotlib
+
+    assert len(_colormaps.DIVERGING) == 30
+    for name in _colormaps.DIVERGING:
+        assert name in matplotlib.colormaps, name  # every name is one of matplotlib's
+        assert viz.colormap(name).kind == "diverging"
+    sequential = set(viz.list_colormaps()) - _colormaps.DIVERGING
+    assert {"viridis", "inferno", "jet", "gray", "twilight", "turbo"} <= sequential
+    assert all(viz.colormap(name).kind == "sequential" for name in sequential)
+    # a positive map with a diverging colormap: 0 lands on the middle, the maximum at the top
+    positive = torch.tensor([[0.0, 1.0, 2.0]])
+    for name in ("RdBu", "seismic_r", "vanimo"):
+        colours = viz.colorize(positive, name, percentile=100)[0]
+        np.testing.assert_array_equal(colours, matplotlib_u8(name, [0.5, 0.75, 1.0]))
+    # the same map with a sequential colormap is scaled min-max; mode="symmetric" overrides
+    np.testing.assert_array_equal(
+        viz.colorize(positive, "viridis", percentile=100)[0], matplotlib_u8("viridis", [0, 0.5, 1])
+    )
+    np.testing.assert_array_equal(
+        viz.colorize(positive, "viridis", mode="symmetric", percentile=100)[0],
+        matplotlib_u8("viridis", [0.5, 0.75, 1.0]),
+    )
+    # a matplotlib object is diverging by its name
+    assert viz.colormap(matplotlib.colormaps["PuOr"]).kind == "diverging"
 
 
 def test_colorize_picks_the_colormap_by_sign() -> None:
@@ -265,28 +354,63 @@ def test_colorize_picks_the_colormap_by_sign() -> None:
         viz.colorize(positive, percentile=100), u8(viz.colormap("inferno")([[0.0, 1.0]]))
     )
     # a diverging map scales symmetrically even when the values are all >= 0
-    assert viz.colorize(positive, "coolwarm", percentile=100)[0, 0].tolist() == [232, 232, 232]
+    centre = matplotlib_u8("coolwarm", 0.5).tolist()
+    assert viz.colorize(positive, "coolwarm", percentile=100)[0, 0].tolist() == centre
+    signed = viz.colorize(torch.tensor([[-1.0, 0.0, 1.0]]), percentile=100)[0]
+    np.testing.assert_array_equal(signed, matplotlib_u8("coolwarm", [0.0, 0.5, 1.0]))
     batch = viz.colorize(torch.rand(3, 1, 4, 4), "jet")
     assert batch.shape == (3, 4, 4, 3)
 
 
 def test_unknown_colormap_names_the_argument_and_suggests() -> None:
     with pytest.raises(
-        OptionError, match=r"`cmap` 'infern' is not a colormap; did you mean 'inferno'"
+        OptionError, match=r"`cmap` 'infern' is not a colormap; did you mean 'inferno'\? \("
     ):
         viz.colormap("infern")
-    with pytest.raises(OptionError, match=r"`cmap` 'rainbow'.*'coolwarm', 'gray', 'inferno'"):
-        viz.overlay(torch.rand(3, 4, 4), torch.rand(4, 4), cmap="rainbow")
-    assert viz.list_colormaps() == ("coolwarm", "gray", "inferno", "jet", "viridis")
+    with pytest.raises(OptionError, match=r"did you mean 'viridis_r'\?"):  # asked for a _r
+        viz.colormap("viridus_r")
+    with pytest.raises(OptionError, match=r"did you mean 'RdYl(Gn|Bu)', 'RdYl(Bu|Gn)' or"):
+        viz.colormap("RdYl")  # several names as close as the closest
+    with pytest.raises(OptionError, match=r"`cmap` 'RdBlu' is not a colormap; did you mean 'RdBu'"):
+        viz.overlay(torch.rand(3, 4, 4), torch.rand(4, 4), cmap="RdBlu")
+    with pytest.raises(OptionError, match=r"'qwertyuiop' is not a colormap \(any of matplotlib's"):
+        viz.colorize(torch.rand(4, 4), "qwertyuiop")  # nothing close: no suggestion
+    with pytest.raises(OptionError, match=r"list_colormaps\(\).*'_r'.*matplotlib.colors.Colormap"):
+        viz.colormap("infern")
+    with pytest.raises(OptionError, match=r"`cmap` must be a colormap name .* not list"):
+        viz.colorize(torch.rand(4, 4), ["inferno"])  # type: ignore[arg-type]
 
 
-def test_custom_colormaps_are_checked() -> None:
-    red = viz.Colormap("red", "sequential", (0.0, 1.0), ((0, 0, 0), (1, 0, 0)))
-    assert viz.colorize(np.array([[0.0, 2.0]]), red, percentile=100)[0, 1].tolist() == [255, 0, 0]
-    with pytest.raises(OptionError, match=r"`positions` must increase strictly from 0 to 1"):
-        viz.Colormap("bad", "sequential", (0.0, 0.7, 0.5, 1.0), ((0, 0, 0),) * 4)
-    with pytest.raises(OptionError, match=r"`colors`.*divide 0-255 colours by 255"):
-        viz.Colormap("bad", "sequential", (0.0, 1.0), ((0, 0, 0), (255, 0, 0)))
+def test_matplotlib_colormap_objects_work() -> None:
+    import matplotlib
+    from matplotlib.colors import LinearSegmentedColormap, ListedColormap
+
+    values = np.linspace(0.0, 1.0, 101)
+    made = [
+        LinearSegmentedColormap.from_list("black_red", ["black", "red"]),
+        ListedColormap(["#000000", "#ff8800", "#ffffff"], name="three"),
+        matplotlib.colormaps["magma"].resampled(5),
+    ]
+    for cmap in made:
+        chosen = viz.colormap(cmap)
+        assert chosen.cmap is cmap and chosen.kind == "sequential" and chosen.name == cmap.name
+        colours = viz.colorize(values[None], cmap, percentile=100)[0]
+        np.testing.assert_array_equal(colours, cmap(values, bytes=True)[:, :3])
+    red = viz.colorize(np.array([[0.0, 2.0]]), made[0], percentile=100)[0]
+    assert red.tolist() == [[0, 0, 0], [255, 0, 0]]
+    # wrapped in a Colormap, a custom map can be diverging: zero goes to its middle colour
+    signed = viz.Colormap(
+        LinearSegmentedColormap.from_list("bwr2", ["blue", "white", "red"]), "diverging"
+    )
+    assert viz.colormap(signed) is signed
+    np.testing.assert_array_equal(
+        viz.colorize(np.array([[0.0, 1.0]]), signed, percentile=100)[0],
+        signed.cmap([0.5, 1.0], bytes=True)[:, :3],
+    )
+    with pytest.raises(OptionError, match=r"`cmap` must be a matplotlib.colors.Colormap, not str"):
+        viz.Colormap("inferno", "sequential")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match=r"`kind` must be 'sequential' or 'diverging'"):
+        viz.Colormap(made[0], "cyclic")  # type: ignore[arg-type]
 
 
 # --- overlay ------------------------------------------------------------------------------------
@@ -316,8 +440,9 @@ def test_overlay_resizes_the_map_bilinearly() -> None:
     image = torch.full((3, 4, 4), 0.5)
     heat = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     out = viz.overlay(image, heat, alpha=1.0, cmap="gray", percentile=100)
-    # half-pixel centres: columns sample the 2-wide map at -0.25, 0.25, 0.75, 1.25 (clamped)
-    assert out[:, :, 0].tolist() == [[0, 64, 191, 255]] * 4
+    # half-pixel centres: columns sample the 2-wide map at -0.25, 0.25, 0.75, 1.25 (clamped);
+    # matplotlib's gray takes entry floor(v · 256) of its 256 greys: 0.75 is entry 192
+    assert out[:, :, 0].tolist() == [[0, 64, 192, 255]] * 4
 
 
 def test_overlay_accepts_tensors_arrays_pil_and_batches() -> None:
@@ -341,7 +466,7 @@ def test_overlay_accepts_tensors_arrays_pil_and_batches() -> None:
         ({"alpha": 1.5}, OptionError, r"`alpha` must be a number in \[0, 1\]"),
         ({"alpha": -0.1}, OptionError, r"`alpha`"),
         ({"alpha": True}, OptionError, r"`alpha`"),
-        ({"cmap": "magma"}, OptionError, r"`cmap` 'magma' is not a colormap"),
+        ({"cmap": "magmaa"}, OptionError, r"`cmap` 'magmaa' is not a colormap"),
         ({"mode": "log"}, OptionError, r"`mode` must be one of 'auto', 'minmax', 'symmetric'"),
         ({"percentile": 30}, OptionError, r"`percentile` must be a number in \(50, 100\]"),
         ({"map": torch.full((1, 1, 4, 4), float("nan"))}, InputError, r"`map` contains 16 NaN"),
@@ -380,10 +505,26 @@ def _solid_grid(**options: Any) -> npt.NDArray[np.uint8]:
     return viz.grid(images, maps, cmap=cmaps, alpha=1.0, **{"cell_size": 64, **options})
 
 
+def _bar(
+    picture: npt.NDArray[np.uint8], left: int, right: int, below: int
+) -> npt.NDArray[np.int64]:
+    """The colours along the middle of the colour bar under columns ``left:right``, found as the
+    rows below ``below`` that are neither white nor ink; empty if there is no bar."""
+    strip = picture[below:, left:right].astype(np.int64)
+    coloured = (np.abs(strip - strip.mean(axis=-1, keepdims=True)) > 30).any(axis=-1)
+    rows = np.nonzero(coloured.sum(axis=1) > (right - left) // 2)[0]
+    if rows.size == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    middle: npt.NDArray[np.int64] = strip[(rows.min() + rows.max()) // 2, 3:-3]
+    return middle
+
+
 def test_grid_layout() -> None:
     picture = _solid_grid()
     jet0, viridis0 = u8(viz.colormap("jet")(0.0)), u8(viz.colormap("viridis")(0.0))
-    red, blue, jet, viridis = (box(picture, c) for c in (RED, BLUE, jet0, viridis0))
+    red, blue = box(picture, RED), box(picture, BLUE)
+    panels = picture[: blue[2]]  # down to the last row; the colour bars are below it
+    jet, viridis = box(panels, jet0), box(panels, viridis0)
     assert red[4] == blue[4] == 64 * 64  # one 64x64 panel of each image
     assert jet[4] == viridis[4] == 2 * 64 * 64  # one panel per image for each method
     assert red[1] == blue[1] and red[2] < blue[0]  # images in one column, red above blue
@@ -391,8 +532,10 @@ def test_grid_layout() -> None:
     gap = jet[1] - red[3]
     assert gap > 0 and viridis[1] - jet[3] == gap  # equal gaps between columns
     assert picture.shape[1] == viridis[3] + gap and red[1] == gap  # and around the grid
-    assert picture.shape[0] == blue[2] + gap
-    assert (picture[: red[0]] != 255).any()  # column titles above the panels
+    assert picture.shape[0] > blue[2] + 2 * gap  # the colour bars below the last row
+    # a title above every column, in dark ink
+    for left, right in ((red[1], red[3]), (jet[1], jet[3]), (viridis[1], viridis[3])):
+        assert (picture[: red[0] - 2, left:right].min(axis=-1) < 100).sum() > 20
     # panels keep their aspect ratio and native sizes when asked
     wide = viz.grid([solid(RED, (20, 40))], {}, cell_size=64)
     assert box(wide, RED)[4] == 32 * 64
@@ -400,12 +543,49 @@ def test_grid_layout() -> None:
     assert box(native, RED)[4] == 20 * 40
 
 
+def test_grid_has_a_colour_bar_under_each_method_column() -> None:
+    images = [solid(RED), solid(BLUE), solid(BLUE)]
+    ramp = torch.linspace(-1.0, 1.0, 48).reshape(3, 1, 4, 4)
+    gradient = torch.zeros(3, 3, 8, 8)
+    gradient[:, 0] = 1.0
+    maps = {"jet": ramp.abs(), "signed": ramp, "guided": gradient}
+    picture = viz.grid(images, maps, cmap={"jet": "jet"}, alpha=1.0, cell_size=96)
+    blue = box(picture, BLUE)
+    assert blue[4] == 2 * 96 * 96  # three rows: red, then two blue
+    step, gap = blue[3] - blue[1], blue[1]  # the cell's width, the margin
+    columns = [(gap + c * (step + gap), gap + c * (step + gap) + step) for c in range(4)]
+    bars = [_bar(picture, left, right, blue[2]) for left, right in columns]
+    assert bars[0].size == 0 and bars[3].size == 0  # no bar for the images nor for RGB
+    for bar, name in ((bars[1], "jet"), (bars[2], "coolwarm")):
+        assert len(bar) > 80
+        # along the bar, the colormap's colours from its low end to its high end
+        expected = matplotlib_u8(name, (np.arange(len(bar)) + 3.5) / step).astype(np.int64)
+        other = matplotlib_u8("viridis", (np.arange(len(bar)) + 3.5) / step).astype(np.int64)
+        assert np.abs(bar - expected).mean() < 6 < np.abs(bar - other).mean(), name
+    # labels under the bars: "p1" and "p99" for min-max, "−p99", "0", "+p99" around zero
+    ticks, labels = _grid.bar_labels("symmetric", 99.0, lambda text: 6.0 * len(text), 96)
+    assert ticks == [0.0, 0.5, 1.0] and labels == ["−p99", "0", "+p99"]
+    assert _grid.bar_labels("minmax", 100.0, len, 96) == ([0.0, 1.0], ["min", "max"])
+    assert _grid.bar_labels("symmetric", 99.0, lambda text: 10.0 * len(text), 96)[1] == [
+        "−p99",
+        "",
+        "+p99",
+    ]  # too narrow for three labels: the middle one goes first
+    assert _grid.bar_labels("minmax", 99.0, lambda text: 50.0 * len(text), 96)[1] == ["", ""]
+    below = picture[blue[2] :]
+    for left, right in columns[1:3]:
+        assert (below[:, left:right].min(axis=-1) < 100).sum() > 20  # the labels' ink
+
+
 def test_grid_draws_titles() -> None:
     plain = _solid_grid()
     titled = _solid_grid(row_titles=["tabby cat 0.93", "beagle 0.41"])
     band = titled.shape[1] - plain.shape[1]
     assert band > 50 and titled.shape[0] == plain.shape[0]
-    np.testing.assert_array_equal(titled[:, band:], plain)  # the panels are unchanged
+    last_row = box(plain, BLUE)[2]
+    np.testing.assert_array_equal(titled[:last_row, band:], plain[:last_row])  # panels unchanged
+    # the colour bars are matplotlib's, antialiased at their new place: nearly the same
+    assert np.abs(titled[last_row:, band:].astype(int) - plain[last_row:]).max() <= 8
     ink = titled[:, :band].min(axis=-1) < 100
     assert ink.sum() > 100  # the row titles are drawn in dark ink
     first_row, second_row = (
@@ -416,8 +596,8 @@ def test_grid_draws_titles() -> None:
     # column titles: other method names give other header pixels, same panels
     renamed = viz.grid(
         [solid(RED), solid(BLUE)],
-        {"gradient x": torch.zeros(2, 1, 4, 4), "second": torch.zeros(2, 1, 4, 4)},
-        cmap={"gradient x": "jet", "second": "viridis"},
+        {"other": torch.zeros(2, 1, 4, 4), "second": torch.zeros(2, 1, 4, 4)},
+        cmap={"other": "jet", "second": "viridis"},
         alpha=1.0,
         cell_size=64,
     )
@@ -425,6 +605,36 @@ def test_grid_draws_titles() -> None:
     assert renamed.shape == plain.shape
     assert (renamed[:top] != plain[:top]).any()
     np.testing.assert_array_equal(renamed[top:], plain[top:])
+
+
+def test_grid_is_the_same_whatever_the_users_matplotlib_settings() -> None:
+    import matplotlib
+
+    images, maps = torch.rand(2, 3, 16, 16), {"m": torch.randn(2, 1, 4, 4)}
+    titles = ["price $5 and $6", "snow \N{SNOWMAN} and 猫"]  # a "$" is no math; missing glyphs
+    before = matplotlib.rcParams.copy()
+    first = viz.grid(images, maps, row_titles=titles, cell_size=48)
+    assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
+    assert first.flags.c_contiguous
+    style = {
+        "font.family": "serif",
+        "font.size": 30,
+        "text.color": "red",
+        "figure.facecolor": "black",
+        "xtick.labelsize": 3,
+        "text.antialiased": False,
+    }
+    with matplotlib.rc_context(style):
+        np.testing.assert_array_equal(
+            viz.grid(images, maps, row_titles=titles, cell_size=48), first
+        )
+    assert matplotlib.rcParams.copy() == before  # and the user's settings are left alone
+    np.testing.assert_array_equal(viz.grid(images, maps, row_titles=titles, cell_size=48), first)
+    # a matplotlib colormap object is accepted here too
+    cmap = matplotlib.colormaps["magma"]
+    grey = torch.full((1, 3, 8, 8), 0.5)
+    picture = viz.grid(grey, {"m": torch.zeros(1, 1, 2, 2)}, cmap=cmap, alpha=1.0, cell_size=32)
+    assert box(picture[:-20], cmap(0.0, bytes=True)[:3])[4] >= 32 * 32
 
 
 def test_grid_shows_rgb_gradients_as_rgb() -> None:
@@ -453,11 +663,13 @@ def test_grid_rejects_bad_options() -> None:
 
 
 def test_wrap_breaks_long_titles_and_marks_cuts() -> None:
-    font = _grid.load_font(14)
-    lines = _grid.wrap("German shepherd, German shepherd dog, Alsatian", font, 100, 3)
-    assert len(lines) == 3 and all(font.getlength(line) <= 100 for line in lines)
+    with _grid.matplotlib_style():
+        measure = _grid.measure_text(14)
+    assert measure("") == 0 and 0 < measure("i") < measure("W") < measure("WW")
+    lines = _grid.wrap("German shepherd, German shepherd dog, Alsatian", measure, 100, 3)
+    assert len(lines) == 3 and all(measure(line) <= 100 for line in lines)
     assert lines[-1].endswith("…")
-    assert "".join(_grid.wrap("Supercalifragilistic", font, 40, 10)) == "Supercalifragilistic"
+    assert "".join(_grid.wrap("Supercalifragilistic", measure, 40, 10)) == "Supercalifragilistic"
 
 
 # --- PNG files ----------------------------------------------------------------------------------

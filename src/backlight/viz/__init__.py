@@ -1,10 +1,12 @@
 """Showing maps: normalisation, colormaps, overlays, grids, PNG files and an HTML report.
 
-Headless and dependency-light (numpy and Pillow, which comes with torchvision; no matplotlib).
-Maps are what backlight's methods return, detached tensors (N, 1, h, w) or (N, 3, h, w) with
-``reduce=None``, or numpy arrays; images are float tensors (3, H, W) in [0, 1], uint8 arrays
-(H, W, 3) or PIL images. Rendering functions return uint8 arrays (H, W, 3) ready for
-:func:`save_png`, ``PIL.Image.fromarray`` or ``plt.imshow``.
+Headless: the colormaps are matplotlib's own (any name, ``_r`` too, or a matplotlib colormap
+object) and :func:`grid` is a matplotlib figure drawn with the Agg backend, without pyplot;
+matplotlib is imported when a colormap or a figure is first needed, not by ``import
+backlight.viz``. Maps are what backlight's methods return, detached tensors (N, 1, h, w) or
+(N, 3, h, w) with ``reduce=None``, or numpy arrays; images are float tensors (3, H, W) in
+[0, 1], uint8 arrays (H, W, 3) or PIL images. Rendering functions return uint8 arrays
+(H, W, 3) ready for :func:`save_png`, ``PIL.Image.fromarray`` or ``plt.imshow``.
 
 Example:
     >>> import tempfile, torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -23,10 +23,15 @@ from ._inputs import (
 )
 from ._scale import Mode, Scale, check_mode, resolve_mode, scale_sample, to_uint8
 
+if TYPE_CHECKING:
+    import matplotlib.colors
+
 __all__ = ["colorize", "overlay"]
 
-#: A colormap by name, a :class:`Colormap`, or ``None`` to choose by the sign of the map.
-Cmap: TypeAlias = str | Colormap | None
+#: A colormap: a matplotlib name (``"jet"``, ``"RdBu_r"``), a matplotlib colormap, a
+#: :class:`Colormap`, or ``None`` to choose by the sign of the map. (A string, so that naming the
+#: type does not import matplotlib.)
+Cmap: TypeAlias = "str | matplotlib.colors.Colormap | Colormap | None"
 
 ONE_CHANNEL_FIX = (
     "reduce the channels first, e.g. map.abs().amax(dim=-3, keepdim=True) (backlight's "
@@ -39,7 +44,8 @@ def choose(maps: F64, cmap: Cmap, mode: Mode) -> tuple[Colormap, Literal["minmax
     """The colormap and scaling for a batch of maps (one choice for the whole batch).
 
     With ``cmap=None`` a signed map (or ``mode="symmetric"``) gets ``coolwarm`` and any other map
-    ``inferno``; a given colormap decides ``mode="auto"``: symmetric for a diverging one.
+    ``inferno``; a given colormap decides ``mode="auto"``: symmetric for a diverging one (its
+    ``kind``, from the list of matplotlib's diverging maps).
     """
     mode = check_mode(mode)
     if cmap is None:
@@ -82,11 +88,13 @@ def colorize(
 
     Args:
         maps: (h, w), (1, h, w) or a batch (N, 1, h, w); tensor or array.
-        cmap: a colormap name (:func:`list_colormaps`) or :class:`Colormap`; ``None`` picks
-            ``"coolwarm"`` for signed maps and ``"inferno"`` otherwise.
+        cmap: any matplotlib colormap, by name (:func:`list_colormaps`, ``_r`` reverses) or as a
+            :class:`matplotlib.colors.Colormap`, or a :class:`Colormap`; ``None`` picks
+            ``"coolwarm"`` for signed maps and ``"inferno"`` otherwise. The colours are
+            matplotlib's own 8-bit colours.
         mode: the scaling of :func:`normalize`; ``"auto"`` follows the colormap when one is
-            given (symmetric around zero for a diverging map, min-max otherwise) and the sign of
-            the values when not.
+            given (symmetric around zero for a diverging map such as ``"coolwarm"`` or
+            ``"RdBu"``, min-max otherwise) and the sign of the values when not.
         percentile: clipping of :func:`normalize`, in (50, 100].
 
     Returns:
@@ -101,8 +109,8 @@ def colorize(
         >>> from backlight.viz import colorize
         >>> colorize(torch.tensor([[0.0, 1.0]]), "gray", percentile=100).tolist()
         [[[0, 0, 0], [255, 255, 255]]]
-        >>> colorize(torch.tensor([[-1.0, 0.0, 1.0]]))[0, 1].tolist()  # zero is neutral grey
-        [232, 232, 232]
+        >>> colorize(torch.tensor([[-1.0, 0.0, 1.0]]))[0, 1].tolist()  # zero: coolwarm's grey
+        [221, 220, 219]
     """
     array, batched = as_maps(maps, "maps")
     require_channels(array, 1, "maps", ONE_CHANNEL_FIX)
@@ -157,7 +165,7 @@ def overlay(
         >>> heat = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # upsampled to 4x4
         >>> out = overlay(image, heat, alpha=1.0, cmap="gray", percentile=100)
         >>> out.shape, out[0, :, 0].tolist()
-        ((4, 4, 3), [0, 64, 191, 255])
+        ((4, 4, 3), [0, 64, 192, 255])
     """
     alpha = check_alpha(alpha)
     percentile = check_percentile(percentile)

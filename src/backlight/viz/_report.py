@@ -104,8 +104,9 @@ def report(
         title: the page's title and heading.
         image_names: one label per image (e.g. the file name); default "image 1", ...
         alpha: the map's weight in the overlays, in [0, 1].
-        cmap: one colormap for all methods or method name -> colormap; ``None`` picks
-            ``"coolwarm"`` for signed maps and ``"inferno"`` otherwise.
+        cmap: one colormap for all methods or method name -> colormap, any matplotlib
+            colormap as in :func:`colorize`; ``None`` picks ``"coolwarm"`` for signed maps and
+            ``"inferno"`` otherwise.
         mode: the scaling of :func:`normalize`, chosen once per method for all its images.
         percentile: the clipping of :func:`normalize`.
         rgb_k: the contrast ``k`` of :func:`render_rgb`.
