@@ -34,20 +34,17 @@ from backlight._pipeline import explanation, run
 from backlight._registry import register
 
 
-@register(
-    "toy_input_times_gradient",
-    family="gradient",
-    smoothable=True,
-    summary="the input times its gradient, summed over channels",
-    paper="Shrikumar et al., Not Just a Black Box, 2016",
-)
+@register("toy_input_times_gradient", family="gradient", smoothable=True)
 def toy_input_times_gradient(
     model: nn.Module, x: torch.Tensor, target=None, *, scale: float = 1.0
 ):
-    """Input times gradient, summed over channels.
+    """Input times gradient: the input times its gradient, summed over channels.
 
     Args:
         scale: a factor for the map, to show that options are read from the signature.
+
+    Paper:
+        Shrikumar, Greenside, Shcherbina & Kundaje, Not Just a Black Box, 2016
 
     Example:
         >>> import torch, backlight

@@ -33,7 +33,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from ._rules import OPAQUE_NODES, ModeContext, autograd_nodes, hidden_code_error
+from ._rules import OPAQUE_NODES, ModeContext, RuleMode, autograd_nodes, hidden_code_error
 from .errors import MethodNotApplicableError
 
 __all__ = ["ExcitationBackpropContext"]
@@ -263,19 +263,12 @@ class LinearCall:
     output: torch.Tensor
 
 
-class _ExcitationMode(TorchFunctionMode):
+class _ExcitationMode(RuleMode):
     def __init__(self) -> None:
         super().__init__()
         self.last_linear: LinearCall | None = None
 
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
+    def handle(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _requires_grad(args) and not _requires_grad(list(kwargs.values())):
             return func(*args, **kwargs)  # below the explained layer, or no tensor at all
         x = args[0] if args else None

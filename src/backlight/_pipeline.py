@@ -198,20 +198,16 @@ def model_input(x: torch.Tensor, *, requires_grad: bool) -> tuple[torch.Tensor, 
     return leaf, leaf.clone()
 
 
-def run(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target,
-    *,
-    layer: Layer | None = None,
-    context: Callable[[], Any] | None = None,
-    method: str = "this method",
-    gradient: bool = True,
-) -> Capture:
-    """One forward pass and, if ``gradient``, one backward pass to the input or to ``layer``."""
-    fw = forward(model, x, target, layer=layer, context=context, method=method, gradient=gradient)
+def run(model: nn.Module, x: torch.Tensor, target: Target, **options: Any) -> Capture:
+    """:func:`forward` (which takes the same ``options``) and, unless ``gradient=False``, one
+    backward pass to the input or to ``layer``."""
+    fw = forward(model, x, target, **options)
     with grad_mode():
-        grad = gradient_at(fw.scores.sum(), fw.wrt, fw.layer) if gradient else None
+        grad = (
+            gradient_at(fw.scores.sum(), fw.wrt, fw.layer)
+            if options.get("gradient", True)
+            else None
+        )
     output = fw.output
     return Capture(
         output=output.detach() if isinstance(output, torch.Tensor) else output,

@@ -1,10 +1,13 @@
 """The method registry: each method registers itself by name; the CLI, the demo, the bench and the
 contract tests read everything they need from here.
 
-What a method is registered with is what cannot be read from its code (its family, a one-line
-summary, the paper, aliases, cheap settings); its options are read from its signature (the
-keyword-only parameters after ``model, x, target``) and their descriptions from the ``Args:``
-section of its docstring, so that the two cannot drift apart.
+What a method is registered with is what cannot be read from its code and its documentation
+(its family, whether its map belongs to a layer, cheap settings); the rest is read: its options
+from its signature (the keyword-only parameters after ``model, x, target``), their descriptions
+from the ``Args:`` section of its docstring, its summary from the docstring's first paragraph
+(after the method's title and a colon), its reference from a ``Paper:`` section and its other
+names from an ``Aliases:`` section. So the listing, the CLI and the documentation cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ._result import Explanation
-from ._state import autograd_on
+from ._state import Arguments, autograd_on, shaped_like
 from .errors import OptionError
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The arguments every method takes first; the rest are its options.
 _POSITIONAL = ("model", "x", "target")
@@ -78,9 +83,6 @@ def register(
     name: str,
     *,
     family: str,
-    summary: str,
-    paper: str,
-    aliases: tuple[str, ...] = (),
     quick: dict[str, Any] | None = None,
     demo: dict[str, Any] | None = None,
     layered: bool = False,
@@ -94,6 +96,7 @@ def register(
     """
 
     def decorate(function: F) -> F:
+        summary, paper, aliases = _described(function, name)
         taken = {n for info in _REGISTRY.values() for n in info.names}
         clash = [n for n in (name, *aliases) if n in taken]
         if clash:
@@ -147,6 +150,47 @@ def _explaining(function: F, name: str, options: tuple[str, ...]) -> F:
         return result
 
     return call  # type: ignore[return-value]
+
+
+def register_like(
+    template: Callable[P, R],
+    body: Callable[[Arguments], R],
+    name: str,
+    doc: str,
+    **registration: Any,
+) -> Callable[P, R]:
+    """Register, under ``name``, a method with ``template``'s signature whose work ``body``
+    does (:func:`backlight._state.shaped_like`): how the methods of one family, which share a
+    calling convention, are written."""
+    made: Callable[P, R] = register(name, **registration)(shaped_like(template, body, name, doc))
+    return made
+
+
+def _described(function: Callable[..., Any], name: str) -> tuple[str, str, tuple[str, ...]]:
+    """The summary, the paper and the aliases a method's docstring gives."""
+    doc = inspect.getdoc(function) or ""
+    first = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    _title, colon, summary = first.partition(": ")
+    sections = docstring_sections(doc)
+    if not colon or not summary or "Paper" not in sections:
+        raise RuntimeError(
+            f"{name}: the docstring must start 'Title: summary.' and have a 'Paper:' section"
+        )
+    aliases = tuple(a.strip() for a in sections.get("Aliases", "").split(",") if a.strip())
+    return summary.rstrip("."), sections["Paper"].rstrip("."), aliases
+
+
+def docstring_sections(doc: str) -> dict[str, str]:
+    """The text of each ``Section:`` of a Google-style docstring, lines joined."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in doc.splitlines():
+        if line and not line[0].isspace():
+            head = line.strip()
+            current = sections.setdefault(head[:-1], []) if head.endswith(":") else None
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return {name: " ".join(lines) for name, lines in sections.items()}
 
 
 def unregister(name: str) -> None:

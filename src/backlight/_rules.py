@@ -260,14 +260,8 @@ class ModeContext:
         self._finished(mode, exc_type is not None)
 
 
-class _RectifierMode(TorchFunctionMode):
-    """Routes every rectifier call of this thread through ``rule``; counts them."""
-
-    def __init__(self, rule: RectifierRule, clipped_relu: bool) -> None:
-        super().__init__()
-        self.rule = rule
-        self.table = {**_RELUS, **(_CLIPPED_RELUS if clipped_relu else {})}
-        self.count = 0
+class RuleMode(TorchFunctionMode):
+    """A torch-function mode (per thread) that hands every call to :meth:`handle`."""
 
     def __torch_function__(
         self,
@@ -276,7 +270,23 @@ class _RectifierMode(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        kwargs = kwargs or {}
+        return self.handle(func, args, kwargs or {})
+
+    def handle(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The result of ``func(*args, **kwargs)``, with the mode's rule applied."""
+        return func(*args, **kwargs)
+
+
+class _RectifierMode(RuleMode):
+    """Routes every rectifier call of this thread through ``rule``; counts them."""
+
+    def __init__(self, rule: RectifierRule, clipped_relu: bool) -> None:
+        super().__init__()
+        self.rule = rule
+        self.table = {**_RELUS, **(_CLIPPED_RELUS if clipped_relu else {})}
+        self.count = 0
+
+    def handle(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         parse = self.table.get(func)
         if parse is None:
             return func(*args, **kwargs)

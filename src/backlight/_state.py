@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -74,6 +75,37 @@ def explaining(model: nn.Module) -> Iterator[None]:
         with _lock:
             _release(_requires_grad, params, "requires_grad")
             _release(_training, modules, "training")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: A call's arguments by parameter name, defaults filled in (what :func:`shaped_like` hands on).
+Arguments = dict[str, Any]
+
+
+def shaped_like(
+    template: Callable[P, R], body: Callable[[Arguments], R], name: str, doc: str
+) -> Callable[P, R]:
+    """A public function with ``template``'s signature (for :mod:`inspect`; for type checkers,
+    the caller casts to the template's type) that hands its arguments, bound and with their
+    defaults, to ``body`` as one mapping: the signature is written once for functions that
+    differ only in what they compute. ``template`` is a function, or the ``__call__`` of a
+    :class:`typing.Protocol` that states a family's calling convention."""
+    signature = inspect.signature(template)
+    if next(iter(signature.parameters), None) == "self":  # a Protocol's ``__call__``
+        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def function(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return body(dict(bound.arguments))
+
+    function.__signature__ = signature  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = name
+    function.__module__ = template.__module__
+    function.__doc__ = doc
+    return function
 
 
 def autograd_on(function: F) -> F:

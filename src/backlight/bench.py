@@ -29,7 +29,6 @@ from .errors import OptionError
 from .metrics import deletion, insertion, pointing_game, randomization
 from .viz import save_png
 
-
 __all__ = ["BenchResult", "BenchRow", "benchmark", "write_bench"]
 
 
@@ -271,23 +270,24 @@ _PANELS = (
 
 
 def _plot(rows: Sequence[BenchRow]) -> np.ndarray:
-    """Four horizontal bar charts, one per score, drawn by matplotlib (Agg, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """Four horizontal bar charts, one per score, drawn by matplotlib (Agg, no display) in the
+    visualisation's style, whatever the user's matplotlib settings."""
     from matplotlib.figure import Figure
 
+    from .viz._grid import drawing, figure_pixels
+
     names = [row.method for row in rows]
-    figure = Figure(figsize=(11, 1.2 + 0.5 * len(rows)), dpi=100, layout="constrained")
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(_PANELS), sharey=True)
-    for ax, (title, field) in zip(axes, _PANELS, strict=True):
-        values = [getattr(row, field) for row in rows]
-        shown = [0.0 if math.isnan(v) else v for v in values]
-        bars = ax.barh(names, shown, color=["#4a7ab8" if v >= 0 else "#c8503c" for v in shown])
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlim(min(0.0, *shown) * 1.25, max(1.0, *shown) * 1.25)
-        ax.tick_params(labelsize=8)
-    axes[0].invert_yaxis()  # the first method on top (the axes share it)
-    canvas.draw()  # type: ignore[no-untyped-call]
-    pixels: np.ndarray = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]
-    return pixels
+    with drawing():
+        figure = Figure(figsize=(11, 1.2 + 0.5 * len(rows)), dpi=100, layout="constrained")
+        axes = figure.subplots(1, len(_PANELS), sharey=True)
+        for ax, (title, field) in zip(axes, _PANELS, strict=True):
+            values = [getattr(row, field) for row in rows]
+            shown = [0.0 if math.isnan(v) else v for v in values]
+            colours = ["#4a7ab8" if v >= 0 else "#c8503c" for v in shown]
+            bars = ax.barh(names, shown, color=colours)
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlim(min(0.0, *shown) * 1.25, max(1.0, *shown) * 1.25)
+            ax.tick_params(labelsize=8)
+        axes[0].invert_yaxis()  # the first method on top (the axes share it)
+        return figure_pixels(figure, dpi=100)

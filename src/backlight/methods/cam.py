@@ -10,10 +10,12 @@ the ``backlight`` logger.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -28,12 +30,12 @@ from .._pipeline import (
     resize_to,
     run,
 )
-from .._registry import get_method, register
+from .._registry import register, register_like
 from .._result import Explanation
-from .._rules import GuidedBackpropContext
+from .._state import Arguments
 from .._types import Layer, Reduce, Target
 from ..errors import InputTypeError, LayerError, OptionError
-from .gradients import _saliency
+from .gradients import guided_backprop
 
 __all__ = [
     "grad_cam",
@@ -152,19 +154,11 @@ def _linear_approx_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (a * g).sum(dim=1, keepdim=True)
 
 
-def _gradient_cam(
-    name: str,
-    combine: Combine,
-    doc: str,
-    *,
-    summary: str,
-    paper: str,
-    aliases: tuple[str, ...] = (),
-) -> Callable[..., Explanation]:
-    """A registered gradient-weighted CAM: one pass capturing ``A`` and ``G`` at the layer,
-    ``combine(A, G)``, the ReLU, the resize. Each differs only in ``combine`` and its docstring."""
+class GradientCam(Protocol):
+    """The calling convention of the gradient-weighted CAMs (``grad_cam`` and its variants)."""
 
-    def method(
+    def __call__(
+        self,
         model: nn.Module,
         x: torch.Tensor,
         target: Target = None,
@@ -173,30 +167,33 @@ def _gradient_cam(
         resize: bool = False,
         relu: bool = True,
         reshape: Reshape | None = None,
-    ) -> Explanation:
-        relu, resize = check_flag("relu", relu), check_flag("resize", resize)
-        c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method=name)
-        assert c.gradient is not None
-        return explanation(_finish(combine(c.activation, c.gradient), x, relu, resize), c)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc
-    register(
-        name,
-        family="cam",
-        layered=True,
-        smoothable=True,
-        summary=summary,
-        paper=paper,
-        aliases=aliases,
-    )(method)
-    return get_method(name).function
+    ) -> Explanation: ...
 
 
-grad_cam = _gradient_cam(
-    "grad_cam",
-    _grad_cam_map,
-    """Grad-CAM (Selvaraju et al. 2017).
+def _weighted(combine: Combine, name: str, a: Arguments) -> Explanation:
+    """The gradient-weighted CAMs: one pass capturing ``A`` and ``G`` at the layer,
+    ``combine(A, G)``, the ReLU, the resize; each differs only in ``combine``."""
+    relu, resize = check_flag("relu", a["relu"]), check_flag("resize", a["resize"])
+    model, x, target = a["model"], a["x"], a["target"]
+    c = _layer_capture(model, x, target, layer=a["layer"], reshape=a["reshape"], method=name)
+    assert c.gradient is not None
+    return explanation(_finish(combine(c.activation, c.gradient), x, relu, resize), c)
+
+
+#: How a CAM method registers: its map belongs to a layer, and SmoothGrad can average it.
+_CAM: dict[str, Any] = {"family": "cam", "layered": True, "smoothable": True}
+
+
+def _gradient_cam(name: str, combine: Combine, doc: str) -> GradientCam:
+    """Register the gradient-weighted CAM ``name``, whose weighting is ``combine``."""
+    body = functools.partial(_weighted, combine, name)
+    return cast(GradientCam, register_like(GradientCam.__call__, body, name, doc, **_CAM))
+
+
+_register_cam = functools.partial(register, family="cam", layered=True, smoothable=True)
+
+
+_GRAD_CAM_DOC = """Grad-CAM: layer activations weighted by their spatially averaged gradients, rectified.
 
     ``map = ReLU(Σ_k α_k A_k)`` with ``α_k = mean_{ij} ∂score/∂A_kij``, at the output of ``layer``.
 
@@ -218,22 +215,23 @@ grad_cam = _gradient_cam(
         A detached tensor (N, 1, h, w) at the layer's resolution, or (N, 1, H, W) with
         ``resize=True``.
 
+    Aliases:
+        gradcam
+
+    Paper:
+        Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+        Localization, ICCV 2017
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.resnet18(num_classes=10)
         >>> backlight.grad_cam(model, torch.randn(2, 3, 64, 64), [1, 2], layer="layer3").shape
         torch.Size([2, 1, 4, 4])
-    """,
-    summary="layer activations weighted by their spatially averaged gradients, rectified",
-    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
-    "Gradient-based Localization, ICCV 2017",
-    aliases=("gradcam",),
-)
+    """
 
-grad_cam_plus_plus = _gradient_cam(
-    "grad_cam_plus_plus",
-    _grad_cam_plus_plus_map,
-    """Grad-CAM++ (Chattopadhay et al. 2018).
+grad_cam = _gradient_cam("grad_cam", _grad_cam_map, _GRAD_CAM_DOC)
+
+_GRAD_CAM_PLUS_PLUS_DOC = """Grad-CAM++: Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score).
 
     With ``Y = exp(score)`` the paper's weights reduce to first derivatives ``g = ∂score/∂A``:
     ``α_kij = g² / (2g² + Σ_ab A_kab · g³) = 1 / (2 + S_k · g)`` with ``S_k = Σ_ab A_kab``,
@@ -241,48 +239,49 @@ grad_cam_plus_plus = _gradient_cam(
     epsilon (pytorch-grad-cam adds 1e-6 to the denominator, which distorts maps whose gradients
     are below about 1e-3). Arguments as for :func:`backlight.grad_cam`.
 
+    Aliases:
+        gradcam++, grad_cam++
+
+    Paper:
+        Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep
+        Convolutional Networks, WACV 2018
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.resnet18(num_classes=10)
         >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
         torch.Size([1, 1, 2, 2])
-    """,
-    summary="Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score)",
-    paper="Chattopadhay et al., Grad-CAM++: Generalized Gradient-based Visual Explanations "
-    "for Deep Convolutional Networks, WACV 2018",
-    aliases=("gradcam++", "grad_cam++"),
+    """
+
+grad_cam_plus_plus = _gradient_cam(
+    "grad_cam_plus_plus", _grad_cam_plus_plus_map, _GRAD_CAM_PLUS_PLUS_DOC
 )
 
-layer_cam = _gradient_cam(
-    "layer_cam",
-    _layer_cam_map,
-    """LayerCAM (Jiang et al. 2021): ``map = ReLU(Σ_k ReLU(∂score/∂A_k) · A_k)``.
 
+_LAYER_CAM_DOC = """LayerCAM: activations weighted position by position by their positive gradients.
+
+    ``map = ReLU(Σ_k ReLU(∂score/∂A_k) · A_k)``.
     Each position keeps its own weight, so shallow layers give fine-grained maps. Arguments as
     for :func:`backlight.grad_cam`.
+
+    Aliases:
+        layercam
+
+    Paper:
+        Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for Localization,
+        IEEE TIP 2021
 
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.vgg11(num_classes=10)
         >>> backlight.layer_cam(model, torch.randn(1, 3, 64, 64), 3, layer="features.5").shape
         torch.Size([1, 1, 16, 16])
-    """,
-    summary="activations weighted position by position by their positive gradients",
-    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
-    "Localization, IEEE TIP 2021",
-    aliases=("layercam",),
-)
+    """
+
+layer_cam = _gradient_cam("layer_cam", _layer_cam_map, _LAYER_CAM_DOC)
 
 
-@register(
-    "guided_grad_cam",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="guided backprop at the input times the Grad-CAM map upsampled to the input",
-    paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via "
-    "Gradient-based Localization, ICCV 2017",
-)
+@_register_cam("guided_grad_cam")
 def guided_grad_cam(
     model: nn.Module,
     x: torch.Tensor,
@@ -293,7 +292,7 @@ def guided_grad_cam(
     reshape: Reshape | None = None,
     clipped_relu: bool = True,
 ) -> Explanation:
-    """Guided Grad-CAM (Selvaraju et al. 2017).
+    """Guided Grad-CAM: guided backprop at the input times the Grad-CAM map upsampled to the input.
 
     ``map = reduce_c(GB_c · up(GradCAM))``: guided backprop (:func:`backlight.guided_backprop`)
     multiplied pixel by pixel with the Grad-CAM map upsampled bilinearly to the input's size.
@@ -307,6 +306,10 @@ def guided_grad_cam(
     Returns:
         A detached tensor (N, 1, H, W), or (N, C, H, W) with ``reduce=None``.
 
+    Paper:
+        Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+        Localization, ICCV 2017
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.vgg11(num_classes=10)
@@ -317,31 +320,12 @@ def guided_grad_cam(
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
     assert c.gradient is not None
     cam = _grad_cam_map(c.activation, c.gradient).clamp(min=0)
-    classes = c.scorer.function or c.scorer.classes
-    guided = _saliency(
-        model,
-        x,
-        classes,
-        layer=None,
-        reduce=None,
-        resize=False,
-        rule=GuidedBackpropContext,
-        method="guided_grad_cam",
-        clipped_relu=clipped_relu,
-    )
+    classes = c.scorer.function or c.scorer.classes  # the classes Grad-CAM explained
+    guided = guided_backprop(model, x, classes, reduce=None, clipped_relu=clipped_relu)
     return explanation(reduce_channels(guided * resize_to(cam, x), reduce), c)
 
 
-@register(
-    "linear_approx",
-    family="cam",
-    layered=True,
-    smoothable=True,
-    summary="activation times gradient at a layer, summed over channels (signed)",
-    paper="Fong & Vedaldi's TorchRay (the first-order Taylor term at a layer); cf. "
-    "Kindermans et al., Investigating the influence of noise and distractors, 2016",
-    aliases=("gradient_x_activation",),
-)
+@_register_cam("linear_approx")
 def linear_approx(
     model: nn.Module,
     x: torch.Tensor,
@@ -351,12 +335,20 @@ def linear_approx(
     resize: bool = False,
     reshape: Reshape | None = None,
 ) -> Explanation:
-    """Linear approximation (TorchRay): ``map = Σ_k A_k · ∂score/∂A_k``, signed.
+    """Linear approximation: activation times gradient at a layer, summed over channels (signed).
 
+    TorchRay's: ``map = Σ_k A_k · ∂score/∂A_k``, signed.
     The first-order Taylor contribution of each position of the layer to the score; Grad-CAM
     without the spatial averaging and without the ReLU. With ``layer="input"`` it is TorchRay's
     default, ``Σ_c x_c · ∂score/∂x_c`` (input times gradient). Arguments as for
     :func:`backlight.grad_cam`.
+
+    Aliases:
+        gradient_x_activation
+
+    Paper:
+        Fong & Vedaldi's TorchRay (the first-order Taylor term at a layer); cf. Kindermans et
+        al., Investigating the influence of noise and distractors, 2016
 
     Example:
         >>> import torch, torchvision, backlight

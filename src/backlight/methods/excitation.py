@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -21,47 +22,37 @@ from .._pipeline import (
     resize_to,
     run,
 )
-from .._registry import get_method, register
+from .._registry import register_like
 from .._result import Explanation
+from .._state import Arguments
 from .._types import Layer, Target
 from ..errors import MethodNotApplicableError
 
 __all__ = ["contrastive_excitation_backprop", "excitation_backprop"]
 
-_PAPER = (
-    "Zhang, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop, "
-    "ECCV 2016"
-)
-
-
 #: ``compute(model, x, target, layer, name) -> (maps (N, 1, h, w), the pass)``.
 Compute = Callable[[nn.Module, torch.Tensor, Target, Layer | None, str], tuple[torch.Tensor, Any]]
 
 
-def _excitation_method(
-    name: str, compute: Compute, doc: str, *, summary: str, aliases: tuple[str, ...]
-) -> Callable[..., Explanation]:
-    """A registered excitation method: ``compute`` under the excitation rules, then the
-    feature-map check and the resize."""
+class ExcitationMethod(Protocol):
+    """The calling convention of the excitation methods."""
 
-    def method(
+    def __call__(
+        self,
         model: nn.Module,
         x: torch.Tensor,
         target: Target = None,
         *,
         layer: Layer | None = None,
         resize: bool = False,
-    ) -> Explanation:
-        resize = check_flag("resize", resize)
-        maps, done = compute(model, x, target, layer, name)
-        return explanation(resize_to(maps, x) if resize else maps, done)
+    ) -> Explanation: ...
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc
-    register(
-        name, family="excitation", layered=True, summary=summary, paper=_PAPER, aliases=aliases
-    )(method)
-    return get_method(name).function
+
+def _excited(compute: Compute, name: str, a: Arguments) -> Explanation:
+    """An excitation method: ``compute`` under the excitation rules, then the resize."""
+    resize = check_flag("resize", a["resize"])
+    maps, done = compute(a["model"], a["x"], a["target"], a["layer"], name)
+    return explanation(resize_to(maps, a["x"]) if resize else maps, done)
 
 
 def _marginal_winning_probability(
@@ -102,11 +93,18 @@ def _contrastive(
     return grad.sum(dim=1, keepdim=True).clamp(min=0), fw
 
 
-excitation_backprop = _excitation_method(
-    "excitation_backprop",
-    _marginal_winning_probability,
-    """Excitation backprop (Zhang et al. 2016): the marginal winning probability (MWP) map.
+def _excitation_method(name: str, compute: Compute, doc: str) -> ExcitationMethod:
+    """Register the excitation method ``name`` that ``compute`` carries out."""
+    body = functools.partial(_excited, compute, name)
+    made = register_like(
+        ExcitationMethod.__call__, body, name, doc, family="excitation", layered=True
+    )
+    return cast(ExcitationMethod, made)
 
+
+_EXCITATION_BACKPROP_DOC = """Excitation backprop: top-down marginal winning probabilities through positive weights.
+
+    The marginal winning probability (MWP) map.
     A probability of 1 starts at the target class and flows down: through a layer
     ``y = f(x, w)`` (convolution, linear, average pooling), ``p_x = x ⊙ f*(p_y ⊘ f(x, w⁺))``;
     batch norm passes it on, max pooling to the winner, a residual sum ``a + b`` in proportion
@@ -125,22 +123,29 @@ excitation_backprop = _excitation_method(
     Returns:
         A detached tensor (N, 1, h, w).
 
+    Aliases:
+        ebp, mwp
+
+    Paper:
+        Zhang, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop,
+        ECCV 2016
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.resnet18(num_classes=10)
         >>> m = backlight.excitation_backprop(model, torch.randn(1, 3, 64, 64), 3, layer="layer2")
         >>> m.shape
         torch.Size([1, 1, 8, 8])
-    """,
-    summary="top-down marginal winning probabilities through positive weights",
-    aliases=("ebp", "mwp"),
+    """
+
+excitation_backprop = _excitation_method(
+    "excitation_backprop", _marginal_winning_probability, _EXCITATION_BACKPROP_DOC
 )
 
-contrastive_excitation_backprop = _excitation_method(
-    "contrastive_excitation_backprop",
-    _contrastive,
-    """Contrastive excitation backprop (c-MWP, Zhang et al. 2016).
+_CONTRASTIVE_DOC = """Contrastive excitation backprop: the class's excitation minus its dual (negated)
+    classifier's.
 
+    c-MWP.
     The excitation reaching the classifier's input ``h`` from the target class, minus the one a
     dual classifier with negated weights ``-W`` sends, is propagated down to ``layer``:
     ``map = ReLU(Σ_c MWP_c(h ⊙ W⁺ᵀ(p ⊘ W⁺h) − h ⊙ (−W)⁺ᵀ(p ⊘ (−W)⁺h)))``. The classifier is the
@@ -149,13 +154,21 @@ contrastive_excitation_backprop = _excitation_method(
     (TorchRay's ``contrast_layer``). Nothing is negated in the model: the dual is computed
     aside. Arguments as for :func:`backlight.excitation_backprop`.
 
+    Aliases:
+        c_ebp, c_mwp
+
+    Paper:
+        Zhang, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop,
+        ECCV 2016
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.vgg11(num_classes=10)
         >>> x = torch.randn(1, 3, 64, 64)
         >>> backlight.contrastive_excitation_backprop(model, x, 3, layer="features.10").shape
         torch.Size([1, 1, 8, 8])
-    """,
-    summary="excitation of the class minus that of its dual (negated) classifier",
-    aliases=("c_ebp", "c_mwp"),
+    """
+
+contrastive_excitation_backprop = _excitation_method(
+    "contrastive_excitation_backprop", _contrastive, _CONTRASTIVE_DOC
 )

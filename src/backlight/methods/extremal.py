@@ -58,10 +58,6 @@ _PENALTY_GROWTH = 1.0035
 @register(
     "extremal_perturbation",
     family="perturbation",
-    summary="smooth mask of a fixed area that maximally preserves (or deletes) the class score",
-    paper="Fong, Patrick & Vedaldi, Understanding Deep Networks via Extremal Perturbations "
-    "and Smooth Masks, ICCV 2019",
-    aliases=("extremal",),
     quick={"max_iter": 3, "progress": False},
     demo={"max_iter": 300},
 )
@@ -85,7 +81,8 @@ def extremal_perturbation(
     autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> Explanation:
-    """Extremal perturbations (Fong, Patrick & Vedaldi, ICCV 2019).
+    """Extremal perturbation: the smooth mask of a fixed area that best preserves (or deletes) the
+    class.
 
     For each area ``a``, the smooth mask ``m`` whose area is ``a`` and that keeps the most
     evidence for the target: ``m_a = argmax_m Φ(m ⊗ x) - λ_t ‖sort(m) - r_a‖²``, with
@@ -141,6 +138,13 @@ def extremal_perturbation(
         ``.history`` (N, A, 2, max_iter) per iteration the reward (row 0) and the area term of
         the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive);
         ``.areas`` and ``.variant``.
+
+    Aliases:
+        extremal
+
+    Paper:
+        Fong, Patrick & Vedaldi, Understanding Deep Networks via Extremal Perturbations and
+        Smooth Masks, ICCV 2019
 
     Example:
         >>> import torch, torchvision, backlight

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 
 from .._checks import check_flag, check_reduce
 from .._pipeline import explanation, reduce_channels, require_feature_map, resize_to, run
-from .._registry import get_method, register
+from .._registry import register, register_like
 from .._result import Explanation
 from .._rules import DeConvNetContext, GuidedBackpropContext, _RuleContext
+from .._state import Arguments
 from .._types import Layer, Reduce, Target
 
 __all__ = ["deconvnet", "gradient", "guided_backprop", "rectified"]
@@ -52,9 +54,6 @@ def _saliency(
     "gradient",
     family="gradient",
     smoothable=True,
-    summary="gradient of the class score with respect to the input or a layer",
-    paper="Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014",
-    aliases=("saliency", "vanilla_gradient"),
 )
 def gradient(
     model: nn.Module,
@@ -65,8 +64,9 @@ def gradient(
     reduce: Reduce = "abs_max",
     resize: bool = False,
 ) -> Explanation:
-    """The gradient of the class score with respect to the input (Simonyan et al. 2014).
+    """Gradient: the gradient of the class score with respect to the input or a layer.
 
+    Simonyan, Vedaldi & Zisserman's saliency map.
     ``map = reduce_c(∂ score / ∂ a)``, with ``a`` the input or the output of ``layer``.
 
     Args:
@@ -83,6 +83,12 @@ def gradient(
     Returns:
         A detached tensor (N, 1, h, w), or (N, C, h, w) with ``reduce=None``.
 
+    Aliases:
+        saliency, vanilla_gradient
+
+    Paper:
+        Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.resnet18(num_classes=10)
@@ -94,18 +100,11 @@ def gradient(
     )
 
 
-def _rule_method(
-    name: str,
-    context: type[_RuleContext],
-    doc: str,
-    *,
-    summary: str,
-    paper: str,
-    aliases: tuple[str, ...],
-) -> Callable[..., Explanation]:
-    """A registered gradient method whose backward pass runs ``context``'s rule at every ReLU."""
+class RuleMethod(Protocol):
+    """The calling convention of the rule methods (guided backprop, deconvnet)."""
 
-    def method(
+    def __call__(
+        self,
         model: nn.Module,
         x: torch.Tensor,
         target: Target = None,
@@ -114,31 +113,32 @@ def _rule_method(
         reduce: Reduce = "abs_max",
         resize: bool = False,
         clipped_relu: bool = True,
-    ) -> Explanation:
-        return _saliency(
-            model,
-            x,
-            target,
-            layer=layer,
-            reduce=reduce,
-            resize=resize,
-            rule=context,
-            method=context.rule.name,
-            clipped_relu=clipped_relu,
-        )
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc
-    register(
-        name, family="gradient", smoothable=True, summary=summary, paper=paper, aliases=aliases
-    )(method)
-    return get_method(name).function
+    ) -> Explanation: ...
 
 
-guided_backprop = _rule_method(
-    "guided_backprop",
-    GuidedBackpropContext,
-    """Guided backpropagation (Springenberg et al. 2015).
+def _ruled(context: type[_RuleContext], a: Arguments) -> Explanation:
+    """A gradient whose backward pass runs ``context``'s rule at every ReLU."""
+    return _saliency(
+        a["model"],
+        a["x"],
+        a["target"],
+        layer=a["layer"],
+        reduce=a["reduce"],
+        resize=a["resize"],
+        rule=context,
+        method=context.rule.name,
+        clipped_relu=a["clipped_relu"],
+    )
+
+
+def _rule_method(name: str, context: type[_RuleContext], doc: str) -> RuleMethod:
+    """Register the gradient method ``name`` whose backward pass runs ``context``'s rule."""
+    body = functools.partial(_ruled, context)
+    made = register_like(RuleMethod.__call__, body, name, doc, family="gradient", smoothable=True)
+    return cast(RuleMethod, made)
+
+
+_GUIDED_BACKPROP_DOC = """Guided backpropagation: the gradient with negative signals stopped at every ReLU.
 
     At every ReLU the gradient passes only where the forward input was positive and the upstream
     gradient is positive: ``∂x = [x > 0] · max(∂y, 0)``. Every ReLU is covered: ``nn.ReLU``
@@ -154,38 +154,44 @@ guided_backprop = _rule_method(
     Raises:
         MethodNotApplicableError: the model computes no ReLU, so the rule has nothing to act on.
 
+    Aliases:
+        guided
+
+    Paper:
+        Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: The All
+        Convolutional Net, ICLR-W 2015
+
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.vgg11(num_classes=10)
         >>> rgb = backlight.guided_backprop(model, torch.randn(1, 3, 64, 64), 3, reduce=None)
         >>> rgb.shape
         torch.Size([1, 3, 64, 64])
-    """,
-    summary="gradient with negative signals stopped at every ReLU, forward and backward",
-    paper="Springenberg, Dosovitskiy, Brox & Riedmiller, Striving for Simplicity: "
-    "The All Convolutional Net, ICLR-W 2015",
-    aliases=("guided",),
-)
+    """
 
-deconvnet = _rule_method(
-    "deconvnet",
-    DeConvNetContext,
-    """DeconvNet (Zeiler & Fergus 2014), also known as "rectified" gradient in tf-keras-vis.
+guided_backprop = _rule_method("guided_backprop", GuidedBackpropContext, _GUIDED_BACKPROP_DOC)
 
+_DECONVNET_DOC = """DeconvNet: the backward pass with the upstream signal rectified at every ReLU.
+
+    Also known as the "rectified" gradient in tf-keras-vis.
     At every ReLU the upstream signal passes clamped at zero, whatever the forward input:
     ``∂x = max(∂y, 0)``. Arguments (``clipped_relu`` included), coverage and result are as for
     :func:`backlight.guided_backprop`.
+
+    Aliases:
+        rectified
+
+    Paper:
+        Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014
 
     Example:
         >>> import torch, torchvision, backlight
         >>> model = torchvision.models.alexnet(num_classes=10)
         >>> backlight.deconvnet(model, torch.randn(1, 3, 96, 96), 0).shape
         torch.Size([1, 1, 96, 96])
-    """,
-    summary="backward pass with the upstream signal rectified at every ReLU",
-    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
-    aliases=("rectified",),
-)
+    """
+
+deconvnet = _rule_method("deconvnet", DeConvNetContext, _DECONVNET_DOC)
 
 
 #: The deconvnet method under the name tf-keras-vis users know.

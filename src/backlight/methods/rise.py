@@ -163,9 +163,6 @@ def _mirror(i: int, n: int) -> int:
 @register(
     "rise",
     family="perturbation",
-    summary="average of random masks weighted by the class probability of the masked image",
-    paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of "
-    "Black-box Models, BMVC 2018",
     quick={"num_masks": 64, "batch_size": 32, "progress": False},
     demo={"num_masks": 1000, "batch_size": 64},
 )
@@ -183,8 +180,9 @@ def rise(
     autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> Explanation:
-    """RISE, randomized input sampling for explanation (Petsiuk, Das & Saenko, BMVC 2018).
+    """RISE: the average of random masks weighted by the class probability of the masked image.
 
+    Randomized input sampling for explanation.
     The map is the expected score of the masked image given that the pixel was kept, estimated
     with ``num_masks`` random smooth masks ``M_i`` (see :class:`RiseMasks`):
     ``S(λ) = Σ_i f(x ⊙ M_i) · M_i(λ) / (num_masks · p)``.
@@ -212,6 +210,10 @@ def rise(
 
     Returns:
         A detached tensor (N, 1, H, W), or (N, K, H, W) for ``target="all"`` with K classes.
+
+    Paper:
+        Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box
+        Models, BMVC 2018
 
     Example:
         >>> import torch, torchvision, backlight

@@ -28,10 +28,6 @@ __all__ = ["score_cam"]
     family="cam",
     layered=True,
     smoothable=True,
-    summary="activations weighted by the class probability of the input masked by each channel",
-    paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional "
-    "Neural Networks, CVPR-W 2020",
-    aliases=("scorecam",),
     quick={"progress": False},
 )
 def score_cam(
@@ -48,8 +44,10 @@ def score_cam(
     weighting: Literal["probability", "channel_softmax"] = "probability",
     progress: bool = True,
 ) -> Explanation:
-    """Score-CAM (Wang et al. 2020): no gradients; one masked forward pass per channel.
+    """Score-CAM: activations weighted by the class probability of the input masked by each
+    channel.
 
+    No gradients; one masked forward pass per channel.
     Each channel ``A_k``, upsampled bilinearly to the input and min-max scaled to [0, 1], masks
     the input: ``w_k = softmax(f(x ⊙ M_k))_c``, ``map = ReLU(Σ_k w_k A_k)``, as in the authors'
     code (constant channels get weight 0 and cost no forward pass). With a callable ``target``,
@@ -64,6 +62,13 @@ def score_cam(
             channels of the target's raw score, as pytorch-grad-cam computes it.
         progress: show a progress bar over the forward passes.
         Others as for :func:`backlight.grad_cam`.
+
+    Aliases:
+        scorecam
+
+    Paper:
+        Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+        Networks, CVPR-W 2020
 
     Example:
         >>> import torch, torchvision, backlight

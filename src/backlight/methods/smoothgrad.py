@@ -156,10 +156,6 @@ def _resolve_name(method: str | Callable[..., Any]) -> str:
 @register(
     "smooth_grad",
     family="wrapper",
-    summary="any gradient or CAM method averaged over noisy copies of the input",
-    paper="Smilkov, Thorat, Kim, Viégas & Wattenberg, SmoothGrad: removing noise by adding "
-    "noise, 2017",
-    aliases=("smoothgrad",),
     quick={"samples": 4, "progress": False},
     public=smooth_grad,
 )
@@ -176,9 +172,10 @@ def smooth_grad_method(
     progress: bool = True,
     **options: Any,
 ) -> torch.Tensor:
-    """SmoothGrad with the method as an option: ``smooth_grad(method, model, x, ...)`` in the
-    calling convention of every method (for the registry, the CLI and the bench).
+    """SmoothGrad: any gradient or CAM method averaged over noisy copies of the input.
 
+    ``smooth_grad(method, model, x, ...)`` with the method as an option, in the calling
+    convention of every method (for the registry, the CLI and the bench).
     Args:
         method: the method to smooth, a name or a function (the plain gradient by default, as
             in the paper).
@@ -187,6 +184,13 @@ def smooth_grad_method(
         seed: seeds the noise.
         batch_size: noisy images per call of ``method``; bounds the memory used.
         progress: show a progress bar over the batches.
+
+    Aliases:
+        smoothgrad
+
+    Paper:
+        Smilkov, Thorat, Kim, Viégas & Wattenberg, SmoothGrad: removing noise by adding noise,
+        2017
 
     Example:
         >>> import torch, torchvision, backlight

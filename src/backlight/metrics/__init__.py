@@ -9,16 +9,14 @@
   :func:`randomization`, with :func:`spearman` and :func:`ssim`.
 
 Example:
-    >>> import torch, backlight
-    >>> from torch import nn
+    >>> import backlight
     >>> from backlight import metrics
-    >>> model = nn.Sequential(
-    ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    ...     nn.Linear(8, 10),
-    ... )
-    >>> x = torch.randn(1, 3, 32, 32)
-    >>> saliency = backlight.gradient(model, x)
-    >>> float(metrics.deletion(model, x, saliency, steps=4, progress=False).auc[0]) >= 0
+    >>> from backlight.data import make_batch
+    >>> from backlight.demo import load_demo_model
+    >>> model = load_demo_model()
+    >>> x, labels, _ = make_batch(2)
+    >>> saliency = backlight.grad_cam(model, x, labels, resize=True)
+    >>> float(metrics.deletion(model, x, saliency, labels, steps=4, progress=False).auc[0]) >= 0
     True
 """
 

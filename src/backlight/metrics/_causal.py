@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_input, check_memory, check_model, check_positive_real
 from .._pipeline import clean_pass
-from .._state import autograd_on
+from .._state import Arguments, autograd_on, shaped_like
 from .._targets import Probability, check_probability, is_score_function
 from .._types import Target
 from ..errors import InputError, OptionError, TargetError
@@ -118,20 +118,25 @@ def _reflected_gaussian(size: int, sigma: float) -> torch.Tensor:
     return torch.tensor(line, dtype=torch.float64)
 
 
-@autograd_on
-def deletion(
-    model: nn.Module,
-    x: torch.Tensor,
-    saliency: torch.Tensor,
-    target: Target = None,
-    *,
-    steps: int = 28,
-    batch_size: int = 32,
-    probability: Probability = "softmax",
-    substrate: Substrate = None,
-    progress: bool = True,
-) -> PerturbationCurves:
-    """The deletion metric (Petsiuk, Das & Saenko, RISE, BMVC 2018): lower is better.
+class CurveMetric(Protocol):
+    """The calling convention of deletion and insertion."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        saliency: torch.Tensor,
+        target: Target = None,
+        *,
+        steps: int = 28,
+        batch_size: int = 32,
+        probability: Probability = "softmax",
+        substrate: Substrate = None,
+        progress: bool = True,
+    ) -> PerturbationCurves: ...
+
+
+_DELETION_DOC = """The deletion metric (Petsiuk, Das & Saenko, RISE, BMVC 2018): lower is better.
 
     Pixels are set to the substrate (zeros) in order of decreasing saliency,
     ``k = ⌈H·W / steps⌉`` at a time; ``curve[i] = p_c(x with its i·k most salient pixels
@@ -163,38 +168,19 @@ def deletion(
         :class:`PerturbationCurves` with ``curves`` (N, steps + 1) and ``auc`` (N,).
 
     Example:
-        >>> import torch, backlight
-        >>> from torch import nn
+        >>> import backlight
+        >>> from backlight.data import make_batch
+        >>> from backlight.demo import load_demo_model
         >>> from backlight.metrics import deletion
-        >>> model = nn.Sequential(
-        ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        ...     nn.Linear(8, 10),
-        ... )
-        >>> x = torch.randn(2, 3, 32, 32)
-        >>> saliency = backlight.gradient(model, x)
-        >>> result = deletion(model, x, saliency, steps=8, progress=False)
+        >>> model, (x, labels, _) = load_demo_model(), make_batch(2)
+        >>> saliency = backlight.gradient(model, x, labels)
+        >>> result = deletion(model, x, saliency, labels, steps=8, progress=False)
         >>> result.curves.shape, result.auc.shape
         (torch.Size([2, 9]), torch.Size([2]))
     """
-    return _run(
-        "deletion", model, x, saliency, target, steps, batch_size, probability, substrate, progress
-    )
 
 
-@autograd_on
-def insertion(
-    model: nn.Module,
-    x: torch.Tensor,
-    saliency: torch.Tensor,
-    target: Target = None,
-    *,
-    steps: int = 28,
-    batch_size: int = 32,
-    probability: Probability = "softmax",
-    substrate: Substrate = None,
-    progress: bool = True,
-) -> PerturbationCurves:
-    """The insertion metric (Petsiuk, Das & Saenko, RISE, BMVC 2018): higher is better.
+_INSERTION_DOC = """The insertion metric (Petsiuk, Das & Saenko, RISE, BMVC 2018): higher is better.
 
     Starts from the substrate (:func:`blur`, kernel 11, σ 5, as the authors' code) and puts the
     image's pixels back in order of decreasing saliency, ``k = ⌈H·W / steps⌉`` at a time;
@@ -204,35 +190,28 @@ def insertion(
     ``"zeros"``, a tensor or a callable).
 
     Example:
-        >>> import torch, backlight
-        >>> from torch import nn
+        >>> import backlight
+        >>> from backlight.data import make_batch
+        >>> from backlight.demo import load_demo_model
         >>> from backlight.metrics import insertion
-        >>> model = nn.Sequential(
-        ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        ...     nn.Linear(8, 10),
-        ... )
-        >>> x = torch.randn(1, 3, 32, 32)
-        >>> saliency = backlight.gradient(model, x)
-        >>> insertion(model, x, saliency, 3, steps=4, progress=False).curves.shape
+        >>> model, (x, labels, _) = load_demo_model(), make_batch(1)
+        >>> saliency = backlight.gradient(model, x, labels)
+        >>> insertion(model, x, saliency, labels, steps=4, progress=False).curves.shape
         torch.Size([1, 5])
     """
-    return _run(
-        "insertion", model, x, saliency, target, steps, batch_size, probability, substrate, progress
-    )
 
 
-def _run(
-    mode: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    saliency: torch.Tensor,
-    target: Target,
-    steps: int,
-    batch_size: int,
-    probability: Probability,
-    substrate: Substrate,
-    progress: bool,
-) -> PerturbationCurves:
+def _curve_metric(mode: str, doc: str) -> CurveMetric:
+    """The public ``deletion`` or ``insertion``."""
+    made = shaped_like(CurveMetric.__call__, functools.partial(_curves, mode), mode, doc)
+    return cast(CurveMetric, autograd_on(made))
+
+
+def _curves(mode: str, a: Arguments) -> PerturbationCurves:
+    """Deletion or insertion, as :func:`deletion` describes, for the arguments ``a``."""
+    model, x, saliency, target = a["model"], a["x"], a["saliency"], a["target"]
+    steps, batch_size, substrate = a["steps"], a["batch_size"], a["substrate"]
+    probability, progress = a["probability"], a["progress"]
     model = check_model(model)
     x = check_input(x, model).detach()
     n, _, height, width = x.shape
@@ -285,6 +264,10 @@ def _run(
     return PerturbationCurves(
         mode, curves, auc, axis, fractions, per_step, None if classes is None else classes.cpu()
     )
+
+
+deletion = _curve_metric("deletion", _DELETION_DOC)
+insertion = _curve_metric("insertion", _INSERTION_DOC)
 
 
 _DEFAULT: dict[str, Literal["zeros", "blur"]] = {"deletion": "zeros", "insertion": "blur"}

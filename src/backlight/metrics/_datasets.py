@@ -178,7 +178,27 @@ class _Flags:
         return True if row is None else bool(row[class_id])
 
 
-class VOC2007(Sequence[PointingSample]):
+class _PointingDataset(Sequence[PointingSample]):
+    """A data set of pointing samples, indexed one image at a time: subclasses hold their image
+    records in ``_records`` and make a sample from one in :meth:`_sample`."""
+
+    _records: Sequence[Any]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> PointingSample:  # type: ignore[override]
+        if isinstance(index, slice):
+            raise OptionError(
+                f"{type(self).__name__} does not take slices; index one image at a time"
+            )
+        return self._sample(self._records[index])
+
+    def _sample(self, record: Any) -> PointingSample:
+        raise NotImplementedError
+
+
+class VOC2007(_PointingDataset):
     """PASCAL VOC 2007 for the pointing game, as TorchRay reads it.
 
     Layout (the official tar files unpacked in ``root``)::
@@ -240,13 +260,11 @@ class VOC2007(Sequence[PointingSample]):
         self.ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
         self.flags = _Flags(difficult_flags, len(self.classes))
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    @property
+    def _records(self) -> Sequence[str]:  # type: ignore[override]
+        return self.ids
 
-    def __getitem__(self, index: int) -> PointingSample:  # type: ignore[override]
-        if isinstance(index, slice):
-            raise OptionError("VOC2007 does not take slices; index one image at a time")
-        name = self.ids[index]
+    def _sample(self, name: str) -> PointingSample:
         annotation = self.root / "Annotations" / f"{name}.xml"
         if not annotation.is_file():
             raise DatasetNotFoundError(f"the annotation {str(annotation)!r} is missing")
@@ -296,7 +314,7 @@ class VOC2007(Sequence[PointingSample]):
             yield self[i]
 
 
-class COCO2014(Sequence[PointingSample]):
+class COCO2014(_PointingDataset):
     """COCO 2014 val for the pointing game, as TorchRay reads it.
 
     Layout (the official zip files unpacked in ``root``)::
@@ -389,13 +407,11 @@ class COCO2014(Sequence[PointingSample]):
             ) from None
         self.flags = _Flags(difficult_flags, len(self.classes))
 
-    def __len__(self) -> int:
-        return len(self._images)
+    @property
+    def _records(self) -> Sequence[Any]:  # type: ignore[override]
+        return self._images
 
-    def __getitem__(self, index: int) -> PointingSample:  # type: ignore[override]
-        if isinstance(index, slice):
-            raise OptionError("COCO2014 does not take slices; index one image at a time")
-        info = self._images[index]
+    def _sample(self, info: Any) -> PointingSample:
         file_name = str(info["file_name"])
         name = os.path.splitext(file_name)[0]
         size = (int(info["height"]), int(info["width"]))

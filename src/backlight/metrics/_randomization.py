@@ -120,17 +120,13 @@ def randomization(
         A :class:`RandomizationResult`.
 
     Example:
-        >>> import torch
-        >>> from torch import nn
+        >>> from backlight.data import make_batch
+        >>> from backlight.demo import load_demo_model
         >>> from backlight.metrics import randomization
-        >>> model = nn.Sequential(
-        ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        ...     nn.Linear(8, 10),
-        ... )
-        >>> x = torch.randn(2, 3, 16, 16)
-        >>> result = randomization(model, x, "gradient", progress=False)
-        >>> result.layers, tuple(result.spearman_abs.shape)
-        (['4', '0'], (2, 2))
+        >>> x, labels, _ = make_batch(2)
+        >>> result = randomization(load_demo_model(), x, "gradient", labels, progress=False)
+        >>> result.layers[:3], tuple(result.spearman_abs.shape)
+        (['classifier', 'features.bn5', 'features.conv5'], (11, 2))
     """
     model = check_model(model)
     x = check_input(x, model).detach()
