@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Keras 3 reads its backend once, at its first import: backlight explains Keras models on torch.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 import functools
 from collections.abc import Iterator
 

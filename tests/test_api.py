@@ -28,6 +28,9 @@ DOCUMENTED = {
     "RiseMasks",
     "default_cam_layer",
     "vit_reshape",
+    # front ends
+    "KerasModel",
+    "load_keras",
     # backward-rule contexts
     "GuidedBackpropContext",
     "DeConvNetContext",

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported on first use: `import backlight` needs neither
     from . import viz as viz
 from ._checks import ForeignHookWarning
 from ._excitation import ExcitationBackpropContext
+from ._keras import KerasModel, load_keras
 from ._layers import default_cam_layer
 from ._registry import MethodInfo, get_method, list_methods
 from ._result import Explanation
@@ -60,6 +61,7 @@ __all__ = [
     "GuidedBackpropContext",
     "InputError",
     "InputTypeError",
+    "KerasModel",
     "LayerError",
     "LayerNotFoundError",
     "MethodInfo",
@@ -83,6 +85,7 @@ __all__ = [
     "layer_cam",
     "linear_approx",
     "list_methods",
+    "load_keras",
     "rectified",
     "rise",
     "score_cam",

@@ -162,6 +162,21 @@ class _Sum(torch.autograd.Function):
 
 
 _LINEAR = {F.conv1d, F.conv2d, F.conv3d, F.linear}
+# ``x @ W`` with a constant matrix ``W`` is ``F.linear(x, W.T)`` (Keras' Dense layer).
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm}
+
+
+def _broadcasts_into(b: torch.Tensor, a: torch.Tensor) -> bool:
+    try:
+        return bool(torch.broadcast_shapes(a.shape, b.shape) == a.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        return False
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and not value.requires_grad
+
+
 _AVERAGE = {
     F.avg_pool1d,
     F.avg_pool2d,
@@ -176,6 +191,14 @@ _NORMALISATION = {F.batch_norm}
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _ADD_INPLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
 _SCALE = {torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.mul}
+_SCALE_INPLACE = {torch.Tensor.mul_, torch.Tensor.__imul__}
+_SUBTRACT = {
+    torch.Tensor.subtract,
+    torch.Tensor.sub,
+    torch.Tensor.__sub__,
+    torch.subtract,
+    torch.sub,
+}
 _DIVIDE = {torch.Tensor.div, torch.Tensor.__truediv__, torch.div}
 # Operations whose ordinary backward pass routes p correctly (or is the identity).
 _ROUTING = {
@@ -205,6 +228,12 @@ _ROUTING = {
     torch.Tensor.reshape,
     torch.Tensor.view,
     torch.Tensor.view_as,
+    torch.permute,
+    torch.Tensor.permute,
+    torch.transpose,
+    torch.Tensor.transpose,
+    torch.movedim,
+    torch.Tensor.movedim,
     torch.Tensor.contiguous,
     torch.Tensor.clone,
     torch.Tensor.__getitem__,
@@ -272,6 +301,8 @@ class _ExcitationMode(RuleMode):
         if not _requires_grad(args) and not _requires_grad(list(kwargs.values())):
             return func(*args, **kwargs)  # below the explained layer, or no tensor at all
         x = args[0] if args else None
+        if func in _MATMUL and len(args) == 2 and not kwargs and _is_weight(args[1]):
+            func, args = F.linear, (x, args[1].t())  # x @ W, as Keras' Dense computes it
         if func in _LINEAR and isinstance(x, torch.Tensor):
             # f(input, weight, bias=None, *rest): positional or by keyword
             rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
@@ -298,6 +329,16 @@ class _ExcitationMode(RuleMode):
             if isinstance(number, numbers.Real) and isinstance(tensor, torch.Tensor):
                 positive = float(number) > 0
                 return _Excited.apply(tensor, _PASS_RULE, positive, func, args, kwargs)
+        if func in _SUBTRACT and len(args) == 2 and not kwargs and not _requires_grad(args[1]):
+            return func(*args, **kwargs)  # x − constant (a mean): p passes to x, as for a bias
+        if func in _SCALE | _SCALE_INPLACE and len(args) == 2 and not kwargs:
+            a, b = args
+            constant = isinstance(b, torch.Tensor) and not b.requires_grad
+            if isinstance(a, torch.Tensor) and constant and _broadcasts_into(b, a):
+                # x times a constant tensor, as batch norm written out (Keras) scales each
+                # channel: each unit's probability goes to its own input, as for F.batch_norm
+                out_of_place = torch.Tensor.mul  # the rule's output is a new tensor
+                return _Excited.apply(a, _PASS_RULE, True, out_of_place, args, kwargs)
         if func in _ROUTING:
             return func(*args, **kwargs)
         result = func(*args, **kwargs)

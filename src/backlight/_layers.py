@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ._checks import check_input, check_model
+from ._keras import KerasModel, adapt
 from ._state import explaining
 from ._types import Layer
 from .errors import LayerError, LayerNotFoundError, OptionError
@@ -160,13 +161,18 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
     called once and returns a 4-D tensor with more than one spatial position; the model itself
     does not. One sample goes through a dry forward pass under ``torch.inference_mode``, seen only
     by the calling thread (:func:`trace`); the answer is remembered per model and input shape.
+    For a Keras model, the last convolution layer, as tf-keras-vis picks it
+    (:meth:`KerasModel.default_layer`).
 
     Raises:
         LayerError: no module outputs a 4-D feature map (a transformer, say): pass ``layer=``
             and, for token outputs, ``reshape=``.
     """
+    model, x = adapt(model, x)
     model = check_model(model)
     x = check_input(x, model)
+    if isinstance(model, KerasModel):
+        return model.default_layer()
     check_hookable(model, None)
     key = tuple(x.shape[1:])
     with _default_lock:

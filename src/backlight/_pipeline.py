@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_input, check_model, warn_foreign_hooks
+from ._keras import channels_last
 from ._layers import check_hookable, is_input, resolve_layer
 from ._result import Explanation
 from ._state import explaining
@@ -68,11 +69,14 @@ class _LayerProbe:
 
     The kept tensor is a new leaf detached from what came before the layer: the gradient is only
     ever wanted at the layer, so nothing below it needs to be recorded for the backward pass.
+    With ``channels_last`` (a Keras model's layers), a 4-D output (N, h, w, K) is kept as the
+    feature map (N, K, h, w), and the network gets the channels-last view of it back.
     """
 
-    def __init__(self, name: str, module: nn.Module) -> None:
+    def __init__(self, name: str, module: nn.Module, *, channels_last: bool = False) -> None:
         self.name = name
         self.module = module
+        self.channels_last = channels_last
         self.thread = threading.get_ident()
         self.calls = 0
         self.tensor: torch.Tensor | None = None
@@ -93,6 +97,9 @@ class _LayerProbe:
                 f"`layer` {self.name!r} returns a {type(output).__name__}, not a tensor; "
                 "choose a module whose output is a single tensor"
             )
+        if self.channels_last and output.dim() == 4:
+            self.tensor = output.detach().permute(0, 3, 1, 2).requires_grad_(True)
+            return self.tensor.permute(0, 2, 3, 1).clone()
         self.tensor = output.detach().requires_grad_(True)
         return self.tensor.clone()
 
@@ -150,7 +157,7 @@ def forward(
     if layer is not None and not is_input(layer):
         name, module = resolve_layer(model, layer)
         check_hookable(module, name)
-        probe = _LayerProbe(name, module)
+        probe = _LayerProbe(name, module, channels_last=channels_last(model))
     if gradient:
         warn_foreign_hooks(model, method)
     with explaining(model), grad_mode():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from ._keras import adapt, is_keras_model
 from ._result import Explanation
 from ._state import Arguments, autograd_on, shaped_like
 from .errors import OptionError
@@ -136,8 +137,15 @@ def _explaining(function: F, name: str, options: tuple[str, ...]) -> F:
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Explanation:
-        result = run(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return run(*args, **kwargs)  # type: ignore[no-any-return]  # Python's own message
+        if is_keras_model(bound.arguments.get("model")):
+            bound.arguments["model"], bound.arguments["x"] = adapt(
+                bound.arguments["model"], bound.arguments.get("x")
+            )
+        result = run(*bound.args, **bound.kwargs)
         bound.apply_defaults()
         settings = {option: bound.arguments[option] for option in options}
         for key, value in bound.kwargs.items():  # a wrapper's options for the wrapped method

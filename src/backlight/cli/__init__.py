@@ -105,12 +105,14 @@ def _model_options(parser: argparse.ArgumentParser, weights: str = "DEFAULT") ->
     parser.add_argument(
         "--model",
         default="resnet50",
-        help="torchvision or timm name, or path/to/file.py:factory (default resnet50)",
+        help="torchvision or timm name, path/to/file.py:factory, keras:VGG16 (keras.applications) "
+        "or model.keras (default resnet50)",
     )
     parser.add_argument(
         "--weights",
         default=weights,
-        help=f"DEFAULT (downloads once), random, or a state-dict file (default {weights})",
+        help=f"DEFAULT (downloads once), random, or a state-dict file; for Keras a .weights.h5 "
+        f"file (default {weights})",
     )
     parser.add_argument("--size", type=int, help="input side in pixels (default: the weights')")
     parser.add_argument("--classes", help="a text file with one class name per line")
@@ -185,12 +187,15 @@ def _methods() -> int:
 
 def _layers(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights, size=args.size)
-    size = args.size or getattr(loaded.preprocess, "crop", 224)
+    side = args.size or getattr(loaded.preprocess, "crop", 224)
+    height, width = (side, side) if args.size else getattr(loaded.preprocess, "size", (side, side))
     try:
-        seen = trace(loaded.model, torch.zeros(1, 3, size, size))
+        seen = trace(loaded.model, torch.zeros(1, 3, height, width))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise Failure(f"the model raised {type(e).__name__} on a {size}x{size} image: {e}") from e
-    print(f"{'layer':40s} {'type':24s} output (1 image of {size}x{size})")
+        raise Failure(
+            f"the model raised {type(e).__name__} on a {height}x{width} image: {e}"
+        ) from e
+    print(f"{'layer':40s} {'type':24s} output (1 image of {height}x{width})")
     for name, module in loaded.model.named_modules():
         if not name:
             continue

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from ..errors import BacklightError
 from ._errors import Failure, UsageError
 
 #: The input sides --size accepts: below, no CNN has a feature map left; above, one image is
@@ -88,6 +89,8 @@ def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedMod
         raise UsageError(f"--size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}")
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         return _load_user_model(spec, weights, size)
+    if spec.startswith("keras:") or spec.endswith(".keras"):
+        return _load_keras(spec, weights, size)
     if spec in _torchvision_names():
         return _load_torchvision(spec, weights, size)
     timm = _timm()
@@ -97,8 +100,70 @@ def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedMod
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UsageError(
         f"unknown model {spec!r}{hint} (a torchvision name such as resnet50, a timm name when "
-        "timm is installed, or path/to/file.py:factory)"
+        "timm is installed, path/to/file.py:factory, keras:VGG16 or model.keras)"
     )
+
+
+@dataclass(frozen=True)
+class KerasPreprocess:
+    """Keras' recipe: resize to ``size`` x ``size`` (``keras.utils.load_img(target_size=...)``),
+    pixels in [0, 255], then the architecture's own ``preprocess_input`` (none for a ``.keras``
+    file, whose model takes the pixels as they are); the model input is (C, H, W), as
+    :class:`backlight.KerasModel` takes it."""
+
+    size: tuple[int, int]
+    preprocess_input: Callable[[Any], Any] | None
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        image = TF.resize(image, list(self.size), antialias=True)
+        shown = TF.to_tensor(image)
+        pixels = (shown * 255).permute(1, 2, 0)[None].numpy()
+        if self.preprocess_input is not None:
+            pixels = self.preprocess_input(pixels.copy())
+        return shown, torch.as_tensor(pixels.copy(), dtype=torch.float32)[0].permute(2, 0, 1)
+
+    def describe(self) -> str:
+        how = getattr(self.preprocess_input, "__module__", None) or "none (pixels 0-255)"
+        return f"resize {self.size}, Keras preprocess_input: {how}"
+
+
+def _load_keras(spec: str, weights: str, size: int | None) -> LoadedModel:
+    """``keras:Name`` (``keras.applications``) or ``model.keras``, on Keras' torch backend.
+    ``--weights``: DEFAULT (ImageNet, downloaded by Keras; for a .keras file its own), random
+    (seeded; for a .keras file its own), or a .weights.h5 file."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # this process's Keras, before its import
+    from .. import _keras
+
+    try:
+        keras = _keras.keras_module()
+        is_file = spec.endswith(".keras")
+        names = _keras.application_names()
+        if not is_file and spec[6:] not in names:
+            close = difflib.get_close_matches(spec[6:], names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join('keras:' + c for c in close)}?" if close else ""
+            raise UsageError(f"unknown Keras model {spec!r}{hint} (a keras.applications name)")
+        chosen = {"DEFAULT": None if is_file else "imagenet", "random": None}.get(weights, weights)
+        model = _keras.load_keras(spec, chosen)
+    except BacklightError as e:
+        raise Failure(str(e)) from e
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    side = (
+        (int(shape[1]), int(shape[2])) if len(shape) == 4 and shape[1] and shape[2] else (224, 224)
+    )
+    preprocess_input = None
+    if not is_file:
+        module = importlib.import_module(getattr(keras.applications, spec[6:]).__module__)
+        preprocess_input = getattr(module, "preprocess_input", None)
+    adapter = _keras.KerasModel(model)
+    classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 0
+    categories = None
+    if classes == 1000:  # ImageNet's classes, in the order every framework uses
+        categories = list(torchvision.models.ResNet50_Weights.DEFAULT.meta["categories"])
+    label = {"DEFAULT": "own" if is_file else "imagenet"}.get(weights, weights)
+    preprocess = KerasPreprocess((size, size) if size is not None else side, preprocess_input)
+    return LoadedModel(adapter, spec, label, categories, preprocess)
 
 
 def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:

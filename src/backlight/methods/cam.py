@@ -15,12 +15,12 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import nn
 
-from .._checks import check_flag, check_input, check_int, check_model, check_reduce
+from .._checks import check_flag, check_input, check_int, check_model, check_reduce, is_choice
 from .._layers import default_cam_layer
 from .._pipeline import (
     Capture,
@@ -32,6 +32,7 @@ from .._pipeline import (
 )
 from .._registry import register, register_like
 from .._result import Explanation
+from .._rules import GuidedBackpropContext
 from .._state import Arguments
 from .._types import Layer, Reduce, Target
 from ..errors import InputTypeError, LayerError, OptionError
@@ -92,8 +93,10 @@ def _layer_capture(
     reshape: Reshape | None,
     method: str,
     gradient: bool = True,
+    context: Callable[[], Any] | None = None,
 ) -> Capture:
-    """One pass capturing the layer's activation (and gradient), as feature maps (N, K, h, w)."""
+    """One pass capturing the layer's activation (and gradient), as feature maps (N, K, h, w);
+    the forward pass runs inside ``context()`` if given (a backward rule)."""
     if layer is None:
         model = check_model(model)
         x = check_input(x, model)  # run() checks them otherwise
@@ -104,7 +107,7 @@ def _layer_capture(
             )
         layer = default_cam_layer(model, x)
         logger.info("%s: no `layer` given; using %r, the last spatial feature map", method, layer)
-    capture = run(model, x, target, layer=layer, gradient=gradient, method=method)
+    capture = run(model, x, target, layer=layer, gradient=gradient, method=method, context=context)
     activation, grad = capture.activation, capture.gradient
     if reshape is not None:
         activation = _reshaped(reshape, activation, capture.layer)
@@ -130,15 +133,16 @@ def _finish(maps: torch.Tensor, x: torch.Tensor, relu: bool, resize: bool) -> to
     return resize_to(maps, x) if resize else maps
 
 
-#: ``combine(A, G) -> (N, 1, h, w)``: a layer's activations and gradients to a map.
-Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``combine(A, G, scores) -> (N, 1, h, w)``: a layer's activations and gradients (and the
+#: explained scores, (N,)) to a map.
+Combine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _grad_cam_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _grad_cam_map(a: torch.Tensor, g: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True)
 
 
-def _grad_cam_plus_plus_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _grad_cam_plus_plus_map(a: torch.Tensor, g: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     denominator = 2 + a.sum(dim=(2, 3), keepdim=True) * g
     usable = (g > 0) & (denominator != 0)
     safe = torch.where(usable, denominator, torch.ones_like(denominator))
@@ -146,11 +150,26 @@ def _grad_cam_plus_plus_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (weights * a).sum(dim=1, keepdim=True)
 
 
-def _layer_cam_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _tf_keras_vis_plus_plus_map(
+    a: torch.Tensor, g: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """tf-keras-vis' GradcamPlusPlus: the derivatives of ``exp(score)`` written out, each
+    channel's ``α`` normalised to sum 1 over the positions, the weights ``Σ ReLU(e^S g) α``."""
+    e = scores.exp().view(-1, 1, 1, 1).to(g.dtype)
+    first, second, third = e * g, e * g**2, e * g**3
+    denominator = 2 * second + third * a.sum(dim=(2, 3), keepdim=True)
+    alphas = second / (denominator + (second == 0).to(g.dtype))
+    total = alphas.sum(dim=(2, 3), keepdim=True)
+    alphas = alphas / (total + (total == 0).to(g.dtype))
+    weights = (first.clamp(min=0) * alphas).sum(dim=(2, 3), keepdim=True)
+    return (weights * a).sum(dim=1, keepdim=True)
+
+
+def _layer_cam_map(a: torch.Tensor, g: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return (g.clamp(min=0) * a).sum(dim=1, keepdim=True)
 
 
-def _linear_approx_map(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _linear_approx_map(a: torch.Tensor, g: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return (a * g).sum(dim=1, keepdim=True)
 
 
@@ -167,17 +186,30 @@ class GradientCam(Protocol):
         resize: bool = False,
         relu: bool = True,
         reshape: Reshape | None = None,
+        gradient: Literal["plain", "guided"] = "plain",
     ) -> Explanation: ...
 
 
 def _weighted(combine: Combine, name: str, a: Arguments) -> Explanation:
     """The gradient-weighted CAMs: one pass capturing ``A`` and ``G`` at the layer,
-    ``combine(A, G)``, the ReLU, the resize; each differs only in ``combine``."""
+    ``combine(A, G, scores)``, the ReLU, the resize; each differs only in ``combine``."""
     relu, resize = check_flag("relu", a["relu"]), check_flag("resize", a["resize"])
+    if not is_choice(a["gradient"], ("plain", "guided")):
+        raise OptionError(f"`gradient` must be 'plain' or 'guided', not {a['gradient']!r}")
+    guided = functools.partial(GuidedBackpropContext, warn=False)
     model, x, target = a["model"], a["x"], a["target"]
-    c = _layer_capture(model, x, target, layer=a["layer"], reshape=a["reshape"], method=name)
+    c = _layer_capture(
+        model,
+        x,
+        target,
+        layer=a["layer"],
+        reshape=a["reshape"],
+        method=name,
+        context=guided if a["gradient"] == "guided" else None,
+    )
     assert c.gradient is not None
-    return explanation(_finish(combine(c.activation, c.gradient), x, relu, resize), c)
+    maps = combine(c.activation, c.gradient, c.scores)
+    return explanation(_finish(maps, x, relu, resize), c)
 
 
 #: How a CAM method registers: its map belongs to a layer, and SmoothGrad can average it.
@@ -210,6 +242,10 @@ _GRAD_CAM_DOC = """Grad-CAM: layer activations weighted by their spatially avera
         relu: rectify the map (the paper's definition); ``False`` keeps the signed map.
         reshape: turns the layer's output into (N, K, h, w), for token outputs of transformers
             (:func:`backlight.vit_reshape`).
+        gradient: ``"plain"`` (the paper), or ``"guided"``: the gradient at the layer taken
+            with guided backprop's rule at the ReLUs above it, as tf-keras-vis computes Grad-CAM
+            on a model with ``GuidedBackpropagation`` applied (what its lab calls guided
+            Grad-CAM; Selvaraju's guided Grad-CAM is :func:`backlight.guided_grad_cam`).
 
     Returns:
         A detached tensor (N, 1, h, w) at the layer's resolution, or (N, 1, H, W) with
@@ -231,13 +267,35 @@ _GRAD_CAM_DOC = """Grad-CAM: layer activations weighted by their spatially avera
 
 grad_cam = _gradient_cam("grad_cam", _grad_cam_map, _GRAD_CAM_DOC)
 
-_GRAD_CAM_PLUS_PLUS_DOC = """Grad-CAM++: Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score).
+
+@_register_cam("grad_cam_plus_plus")
+def grad_cam_plus_plus(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: Layer | None = None,
+    resize: bool = False,
+    relu: bool = True,
+    reshape: Reshape | None = None,
+    gradient: Literal["plain", "guided"] = "plain",
+    variant: Literal["paper", "tf_keras_vis"] = "paper",
+) -> Explanation:
+    """Grad-CAM++: Grad-CAM with pixel-wise weights from higher-order derivatives of exp(score).
 
     With ``Y = exp(score)`` the paper's weights reduce to first derivatives ``g = ∂score/∂A``:
     ``α_kij = g² / (2g² + Σ_ab A_kab · g³) = 1 / (2 + S_k · g)`` with ``S_k = Σ_ab A_kab``,
     ``w_k = Σ_ij α_kij · ReLU(g_kij)``, ``map = ReLU(Σ_k w_k A_k)``. The closed form needs no
     epsilon (pytorch-grad-cam adds 1e-6 to the denominator, which distorts maps whose gradients
-    are below about 1e-3). Arguments as for :func:`backlight.grad_cam`.
+    are below about 1e-3).
+
+    Args:
+        variant: ``"paper"`` (the closed form above), or ``"tf_keras_vis"``: tf-keras-vis'
+            ``GradcamPlusPlus``, which multiplies the derivatives by ``exp(score)`` (a factor
+            per sample, which overflows float32 for logits above about 88) and scales each
+            channel's ``α`` to sum 1 over the positions before weighting: ``w_k = Σ_ij
+            ReLU(e^S g) α_kij / Σ_ij α_kij``, which changes the map's shape, not only its scale.
+        Others as for :func:`backlight.grad_cam`.
 
     Aliases:
         gradcam++, grad_cam++
@@ -252,10 +310,20 @@ _GRAD_CAM_PLUS_PLUS_DOC = """Grad-CAM++: Grad-CAM with pixel-wise weights from h
         >>> backlight.grad_cam_plus_plus(model, torch.randn(1, 3, 64, 64), 3).shape
         torch.Size([1, 1, 2, 2])
     """
-
-grad_cam_plus_plus = _gradient_cam(
-    "grad_cam_plus_plus", _grad_cam_plus_plus_map, _GRAD_CAM_PLUS_PLUS_DOC
-)
+    if not is_choice(variant, ("paper", "tf_keras_vis")):
+        raise OptionError(f"`variant` must be 'paper' or 'tf_keras_vis', not {variant!r}")
+    combine = _grad_cam_plus_plus_map if variant == "paper" else _tf_keras_vis_plus_plus_map
+    arguments = {
+        "model": model,
+        "x": x,
+        "target": target,
+        "layer": layer,
+        "resize": resize,
+        "relu": relu,
+        "reshape": reshape,
+        "gradient": gradient,
+    }
+    return _weighted(combine, "grad_cam_plus_plus", arguments)
 
 
 _LAYER_CAM_DOC = """LayerCAM: activations weighted position by position by their positive gradients.
@@ -319,7 +387,7 @@ def guided_grad_cam(
     reduce = check_reduce(reduce)
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
     assert c.gradient is not None
-    cam = _grad_cam_map(c.activation, c.gradient).clamp(min=0)
+    cam = _grad_cam_map(c.activation, c.gradient, c.scores).clamp(min=0)
     classes = c.scorer.function or c.scorer.classes  # the classes Grad-CAM explained
     guided = guided_backprop(model, x, classes, reduce=None, clipped_relu=clipped_relu)
     return explanation(reduce_channels(guided * resize_to(cam, x), reduce), c)
@@ -359,4 +427,5 @@ def linear_approx(
     resize = check_flag("resize", resize)
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="linear_approx")
     assert c.gradient is not None
-    return explanation(_finish(_linear_approx_map(c.activation, c.gradient), x, False, resize), c)
+    maps = _linear_approx_map(c.activation, c.gradient, c.scores)
+    return explanation(_finish(maps, x, False, resize), c)

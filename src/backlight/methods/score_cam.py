@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -42,6 +43,7 @@ def score_cam(
     batch_size: int = 32,
     channels: int | None = None,
     weighting: Literal["probability", "channel_softmax"] = "probability",
+    variant: Literal["paper", "tf_keras_vis"] = "paper",
     progress: bool = True,
 ) -> Explanation:
     """Score-CAM: activations weighted by the class probability of the input masked by each
@@ -60,6 +62,12 @@ def score_cam(
             passes become ``channels``.
         weighting: ``"probability"`` (the paper) or ``"channel_softmax"``: softmax over the
             channels of the target's raw score, as pytorch-grad-cam computes it.
+        variant: ``"paper"`` (the authors' code, as above) or ``"tf_keras_vis"``: tf-keras-vis'
+            ``Scorecam``, which keeps the ``channels`` chosen for any sample of the batch for
+            every sample (so a map depends on the batch it came in), upsamples with corners
+            aligned (``scipy.ndimage.zoom``, order 1), scales by ``(A − min) / (max − min +
+            1e-7)`` and runs the constant channels too (their zero mask still weighs
+            ``softmax(f(0))_c``).
         progress: show a progress bar over the forward passes.
         Others as for :func:`backlight.grad_cam`.
 
@@ -84,6 +92,9 @@ def score_cam(
         isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
     ):
         raise OptionError(f"`channels` must be None or a positive int, not {channels!r}")
+    if not is_choice(variant, ("paper", "tf_keras_vis")):
+        raise OptionError(f"`variant` must be 'paper' or 'tf_keras_vis', not {variant!r}")
+    tf_keras_vis = variant == "tf_keras_vis"
     if not is_choice(weighting, ("probability", "channel_softmax")):
         raise OptionError(
             f"`weighting` must be 'probability' or 'channel_softmax', not {weighting!r}"
@@ -92,7 +103,8 @@ def score_cam(
         model, x, target, layer=layer, reshape=reshape, method="score_cam", gradient=False
     )
     a = c.activation
-    active = _active_channels(a, channels, every=weighting == "channel_softmax")
+    every = weighting == "channel_softmax" or tf_keras_vis
+    active = _active_channels(a, channels, every=every, batch=tf_keras_vis)
     pairs = active.nonzero()  # (P, 2): sample, channel
     check_memory(  # masks, masked images and the model's first activations
         4 * x.element_size() * min(batch_size, max(pairs.shape[0], 1)) * x[0].numel(),
@@ -112,7 +124,7 @@ def score_cam(
         starts = range(0, pairs.shape[0], batch_size)
         for start in tqdm(starts, desc="score_cam", disable=not progress, leave=False):
             sample, channel = pairs[start : start + batch_size].unbind(1)
-            masks = _minmax(resize_to(a[sample, channel][:, None], x))
+            masks = _masks(a[sample, channel][:, None], x, tf_keras_vis)
             scores[sample, channel] = scorer(forward(x[sample] * masks), sample).to(scores.dtype)
     if weighting == "channel_softmax":
         scores = scores.masked_fill(~active, float("-inf")).softmax(dim=1)
@@ -120,10 +132,12 @@ def score_cam(
     return explanation(_finish(maps, x, relu, resize), c)
 
 
-def _active_channels(a: torch.Tensor, channels: int | None, *, every: bool) -> torch.Tensor:
+def _active_channels(
+    a: torch.Tensor, channels: int | None, *, every: bool, batch: bool = False
+) -> torch.Tensor:
     """(N, K): the (sample, channel) pairs that need a forward pass: the channels that are not
     constant (a constant mask weighs 0), or ``every`` one; at most the ``channels`` of largest
-    variance per sample."""
+    variance per sample, or with ``batch`` every channel that is among them for any sample."""
     flat = a.flatten(2)
     active = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
     if not every:
@@ -131,8 +145,17 @@ def _active_channels(a: torch.Tensor, channels: int | None, *, every: bool) -> t
     if channels is not None and channels < a.shape[1]:
         keep = torch.zeros_like(active)
         keep.scatter_(1, flat.var(dim=2).topk(channels, dim=1).indices, True)
-        active &= keep
+        active &= keep.any(dim=0, keepdim=True) if batch else keep
     return active
+
+
+def _masks(a: torch.Tensor, x: torch.Tensor, tf_keras_vis: bool) -> torch.Tensor:
+    """The channels ``a`` (P, 1, h, w) as masks of the input's size, scaled to [0, 1]."""
+    if not tf_keras_vis:
+        return _minmax(resize_to(a, x))
+    up = F.interpolate(a, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
+    low = up.amin(dim=(2, 3), keepdim=True)
+    return (up - low) / (up.amax(dim=(2, 3), keepdim=True) - low + 1e-7)
 
 
 def _minmax(masks: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,9 +17,12 @@ from .._checks import (
     check_model,
     check_positive_int,
     check_real,
+    check_reduce,
     check_seed,
+    is_choice,
 )
-from .._pipeline import clean_pass
+from .._keras import adapt
+from .._pipeline import clean_pass, reduce_channels
 from .._registry import get_method, list_methods, register
 from .._result import Explanation
 from .._state import autograd_on
@@ -62,6 +66,7 @@ def smooth_grad(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
+    average: Literal["maps", "channels"] = "maps",
     **options: Any,
 ) -> Explanation:
     """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017).
@@ -80,6 +85,11 @@ def smooth_grad(
         seed: seeds the noise.
         batch_size: noisy images per call of ``method``; bounds the memory used.
         progress: show a progress bar over the batches.
+        average: ``"maps"`` averages the method's maps (the paper); ``"channels"`` averages each
+            channel's magnitude ``|g_c|`` and reduces the mean with the method's ``reduce``
+            afterwards, as tf-keras-vis' ``Saliency(smooth_samples=n)`` does
+            (``max_c 1/n Σ_j |g_c(x + σ ε_j)|`` for ``"abs_max"``; the paper's form averages the
+            per-draw maxima, which is larger); only for methods with a ``reduce`` option.
         **options: passed to ``method`` (``layer``, ``reduce``, ``resize``...).
 
     Returns:
@@ -95,6 +105,7 @@ def smooth_grad(
         torch.Size([2, 1, 64, 64])
     """
     function = _resolve(method)
+    model, x = adapt(model, x)
     model = check_model(model)
     x = check_input(x, model)
     samples = check_positive_int("samples", samples)
@@ -108,6 +119,7 @@ def smooth_grad(
         fix="lower samples or batch_size",
     )
     progress = check_flag("progress", progress)
+    reduce = _averaging(average, function, options)
 
     classes: Any
     if is_score_function(target):
@@ -132,17 +144,44 @@ def smooth_grad(
         noisy = x.detach()[rows] + spread[rows].view(-1, 1, 1, 1) * eps[draws]
         chunk_target = classes if callable(classes) else classes[rows]
         maps = function(model, noisy, chunk_target, **options)
+        if reduce is not None:
+            maps = maps.abs()
         if total is None:
             total = torch.zeros((n, *maps.shape[1:]), dtype=maps.dtype, device=maps.device)
         total.index_add_(0, rows, maps)
     assert total is not None
     smoothed = _resolve_name(method)
+    mean = total / samples
     return Explanation.make(
-        total / samples,
+        reduce_channels(mean, reduce) if reduce is not None else mean,
         method="smooth_grad",
         targets=None if callable(classes) else classes,
         smoothed=smoothed,
     )
+
+
+def _averaging(average: Any, function: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """For ``average="channels"``, the reduction to apply after averaging (the method then runs
+    with ``reduce=None``, set in ``options``); ``None`` for ``"maps"``."""
+    if not is_choice(average, ("maps", "channels")):
+        raise OptionError(f"`average` must be 'maps' or 'channels', not {average!r}")
+    if average == "maps":
+        return None
+    try:
+        default = inspect.signature(function).parameters["reduce"].default
+    except (KeyError, TypeError, ValueError):
+        raise OptionError(
+            "`average`='channels' averages each channel of the map before reducing the channels, "
+            "so the method must take a `reduce` option (the gradient family, guided Grad-CAM)"
+        ) from None
+    reduce = check_reduce(options.get("reduce", default))
+    if reduce is None:
+        raise OptionError(
+            "`average`='channels' reduces the channels after averaging; give `reduce` "
+            "('abs_max', 'l2' or 'sum'), not None"
+        )
+    options["reduce"] = None
+    return reduce
 
 
 def _resolve_name(method: str | Callable[..., Any]) -> str:
@@ -170,6 +209,7 @@ def smooth_grad_method(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
+    average: Literal["maps", "channels"] = "maps",
     **options: Any,
 ) -> torch.Tensor:
     """SmoothGrad: any gradient or CAM method averaged over noisy copies of the input.
@@ -184,6 +224,8 @@ def smooth_grad_method(
         seed: seeds the noise.
         batch_size: noisy images per call of ``method``; bounds the memory used.
         progress: show a progress bar over the batches.
+        average: ``"maps"`` (the paper) or ``"channels"`` (tf-keras-vis' form); see
+            :func:`backlight.smooth_grad`.
 
     Aliases:
         smoothgrad
@@ -209,5 +251,6 @@ def smooth_grad_method(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        average=average,
         **options,
     )

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import check_input, check_memory, check_model, check_positive_real
+from .._keras import adapt
 from .._pipeline import clean_pass
 from .._state import Arguments, autograd_on, shaped_like
 from .._targets import Probability, check_probability, is_score_function
@@ -212,6 +213,7 @@ def _curves(mode: str, a: Arguments) -> PerturbationCurves:
     model, x, saliency, target = a["model"], a["x"], a["saliency"], a["target"]
     steps, batch_size, substrate = a["steps"], a["batch_size"], a["substrate"]
     probability, progress = a["probability"], a["progress"]
+    model, x = adapt(model, x)
     model = check_model(model)
     x = check_input(x, model).detach()
     n, _, height, width = x.shape

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import check_input, check_model, is_choice
+from .._keras import adapt, is_keras_layer, own_parameters, reinitialise_keras
 from .._layers import resolve_layer, trace
 from .._registry import get_method
 from .._state import autograd_on
@@ -96,7 +97,8 @@ def randomization(
     convolution and linear weights) and the others uniformly in ``±1/√fan_in`` (the fan-in of the
     module's first weight, or the parameter's size). Each layer is drawn from its own seed,
     derived from ``seed`` and its position, so a layer gets the same weights in both modes and
-    the global random state is left untouched.
+    the global random state is left untouched. A Keras layer is drawn from its own initializers
+    (``kernel_initializer``...), seeded the same way.
 
     The model is never changed: the work is done on a deep copy. The explained class is fixed
     before any randomization: with ``target=None`` it is each image's predicted class under the
@@ -128,6 +130,7 @@ def randomization(
         >>> result.layers[:3], tuple(result.spearman_abs.shape)
         (['classifier', 'features.bn5', 'features.conv5'], (11, 2))
     """
+    model, x = adapt(model, x)
     model = check_model(model)
     x = check_input(x, model).detach()
     function = _method(method)
@@ -197,13 +200,16 @@ def randomization(
 
 def _trace(model: nn.Module, x: torch.Tensor) -> tuple[Any, list[str]]:
     """The model's output on ``x`` and its modules with parameters, last called first."""
-    seen = trace(model, x, include=lambda _, m: any(True for _ in m.parameters(recurse=False)))
+    seen = trace(model, x, include=lambda _, m: bool(own_parameters(m)))
     last = {name: i for i, name in enumerate(seen.finished)}
     return seen.output, sorted(last, key=lambda name: -last[name])
 
 
 def _reinitialise(layer: nn.Module, seed: int) -> None:
     """Fresh random parameters for every module of ``layer`` that owns parameters."""
+    if is_keras_layer(layer):
+        reinitialise_keras(layer, seed)
+        return
     devices = sorted({p.device.index or 0 for p in layer.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
