@@ -702,3 +702,20 @@ def test_cli_keras_weights_errors(tmp_path, capsys) -> None:
     assert "does not fit the Keras model" in capsys.readouterr().err
     assert main(["layers", "--model", "keras:VGG61"]) == 2  # a usage error
     assert "did you mean keras:VGG19, keras:VGG16?" in capsys.readouterr().err
+
+
+def test_cli_keras_applications_get_keras_preprocessing_and_imagenet_names() -> None:
+    from PIL import Image
+
+    from backlight.cli._models import load_model
+
+    loaded = load_model("keras:VGG16", "random")
+    assert isinstance(loaded.model, backlight.KerasModel)
+    assert loaded.categories is not None and loaded.categories[281] == "tabby"
+    image = Image.new("RGB", (300, 200), (255, 0, 0))
+    shown, model_input = loaded.preprocess(image)
+    assert shown.shape == model_input.shape == (3, 224, 224)
+    # VGG16's preprocess_input: BGR order, ImageNet means subtracted (caffe mode)
+    torch.testing.assert_close(
+        model_input[:, 0, 0], torch.tensor([-103.939, -116.779, 255 - 123.68])
+    )

@@ -88,6 +88,12 @@ def test_tf_keras_vis_numbers(model, refs, key, method, options) -> None:
     assert relative_error(ours, refs[key]) < 1e-4
 
 
+def test_a_keras_file_saved_under_tensorflow_loads_under_torch(refs) -> None:
+    model = backlight.load_keras(HERE / "small_tf.keras")
+    ours = backlight.grad_cam(model, refs["x"], CLASSES)[:, 0]
+    assert relative_error(ours, refs["gradcam"]) < 1e-4
+
+
 def test_saliency_is_the_gradient_of_the_logit_not_the_probability(model, refs) -> None:
     """Without ReplaceToLinear tf-keras-vis would explain the probability; backlight takes the
     logit with the model untouched, and the probability only when asked."""

@@ -9,6 +9,7 @@ tf-keras-vis==0.8.7 scipy`):
 
 It writes, next to this file:
   small.weights.h5   the model's weights (seed 0), loaded by the tests on the torch backend
+  small_tf.keras     the whole model saved under TensorFlow, which the tests load under torch
   references.npz     the input (seed 1), the logits and tf-keras-vis' maps, before any
                      normalisation (normalize_map=False, normalize_cam=False,
                      expand_cam=False)
@@ -74,6 +75,7 @@ def main() -> None:
             value = rng.normal(0.0, 0.3, shape)
         variable.assign(value.astype("float32"))
     model.save_weights(HERE / "small.weights.h5")
+    model.save(HERE / "small_tf.keras")
     x = np.random.default_rng(1).normal(size=SHAPE).astype("float32")
     score = CategoricalScore(CLASSES)
     linear = [ReplaceToLinear()]
