@@ -11,14 +11,13 @@ import time
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.utils.model_modifiers import GuidedBackpropagation, ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
-
-import keras
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"
 
+import keras
 import numpy as np
 import torch
 
 import backlight
-import keras
 from _timing import publish, stamp
 
 

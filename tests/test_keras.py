@@ -719,3 +719,55 @@ def test_cli_keras_applications_get_keras_preprocessing_and_imagenet_names() -> 
     torch.testing.assert_close(
         model_input[:, 0, 0], torch.tensor([-103.939, -116.779, 255 - 123.68])
     )
+
+
+class Literal(nn.Module):
+    """A Keras model run the literal way, as a plain torch module: (N, C, H, W) permuted by
+    hand, a functional sub-model to the head's input and the logit written out. No adapter."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "body", keras.Model(model.inputs, _head(model).input))
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ):
+        return self.model.named_parameters(prefix, recurse, remove_duplicate)  # its weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        head = _head(self.model)
+        return self.body(x.permute(0, 2, 3, 1)) @ head.kernel.value + head.bias.value
+
+
+@pytest.mark.parametrize(
+    "info",
+    [m for m in backlight.list_methods() if not m.layered or m.family == "excitation"],
+    ids=lambda info: info.name,
+)
+def test_resnet50_every_input_level_method_equals_the_literal_forward(resnet50, info) -> None:
+    """The methods whose map is at the input (the gradient family, excitation backprop at the
+    input, RISE, extremal perturbation, SmoothGrad), on ResNet50 through backlight's adapter and
+    through the literal forward pass: the same maps."""
+    x = np.random.default_rng(3).normal(size=(2, 96, 96, 3)).astype("float32") * 50
+    literal = Literal(resnet50)
+    ours = info.function(resnet50, x, [3, 999], **info.quick)
+    theirs = info.function(literal, torch.tensor(x).permute(0, 3, 1, 2), [3, 999], **info.quick)
+    tolerance = 1e-3 if info.family == "perturbation" else 1e-4
+    assert float((ours - theirs).abs().max()) <= tolerance * float(theirs.abs().max())
+
+
+def test_vgg16_score_cam_matches_a_channel_by_channel_loop(vgg16, vgg16_64, image224) -> None:
+    """Score-CAM on VGG16's block5_conv3, on the 4 channels of largest variance (its Faster form,
+    ``channels=4``), against the loop written out in float64."""
+    a, _, _ = reference_layer(vgg16_64, image224, [281], "block5_conv3")
+    x = torch.tensor(image224.copy(), dtype=torch.float64).permute(0, 3, 1, 2)
+    top = a[0].flatten(1).var(dim=1).topk(4).indices
+    expected = torch.zeros(1, 1, *a.shape[2:], dtype=torch.float64)
+    for k in top.tolist():
+        up = F.interpolate(a[:, k : k + 1], size=(224, 224), mode="bilinear")
+        mask = (up - up.min()) / (up.max() - up.min())
+        p = _logits64(vgg16_64, x * mask).softmax(1)[0, 281]
+        expected[0, 0] += p * a[0, k]
+    ours = backlight.score_cam(vgg16, image224, 281, channels=4, progress=False)
+    assert_close(ours, expected.clamp(min=0))

@@ -166,6 +166,16 @@ _LINEAR = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm}
 
 
+def _zero_padding(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """``F.pad`` with zeros (Keras' ZeroPadding2D): the added zeros carry no signal, and the
+    ordinary backward pass (a crop) routes p to the rest."""
+    if func is not F.pad:
+        return False
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    value = args[3] if len(args) > 3 else kwargs.get("value")
+    return mode == "constant" and (value is None or value == 0)
+
+
 def _broadcasts_into(b: torch.Tensor, a: torch.Tensor) -> bool:
     try:
         return bool(torch.broadcast_shapes(a.shape, b.shape) == a.shape)  # type: ignore[no-untyped-call]
@@ -339,7 +349,7 @@ class _ExcitationMode(RuleMode):
                 # channel: each unit's probability goes to its own input, as for F.batch_norm
                 out_of_place = torch.Tensor.mul  # the rule's output is a new tensor
                 return _Excited.apply(a, _PASS_RULE, True, out_of_place, args, kwargs)
-        if func in _ROUTING:
+        if func in _ROUTING or _zero_padding(func, args, kwargs):
             return func(*args, **kwargs)
         result = func(*args, **kwargs)
         if _requires_grad(result):

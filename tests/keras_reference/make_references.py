@@ -26,6 +26,7 @@ import numpy as np
 if os.environ.get("KERAS_BACKEND") != "tensorflow":
     sys.exit("run with KERAS_BACKEND=tensorflow")
 
+import keras
 import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -37,8 +38,6 @@ from tf_keras_vis.utils.model_modifiers import (
     ReplaceToLinear,
 )
 from tf_keras_vis.utils.scores import CategoricalScore
-
-import keras
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
