@@ -11,15 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported on first use: `import backlight` needs neither
     from . import bench as bench
+    from . import jax as jax
     from . import metrics as metrics
     from . import viz as viz
-from ._checks import ForeignHookWarning
-from ._excitation import ExcitationBackpropContext
-from ._keras import KerasModel, load_keras
-from ._layers import default_cam_layer
-from ._registry import MethodInfo, get_method, list_methods
-from ._result import Explanation
-from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
 from .errors import (
     BacklightError,
     DatasetError,
@@ -33,20 +27,35 @@ from .errors import (
     OptionError,
     TargetError,
 )
-from .methods.cam import (
-    grad_cam,
-    grad_cam_plus_plus,
-    guided_grad_cam,
-    layer_cam,
-    linear_approx,
-    vit_reshape,
-)
-from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
-from .methods.extremal import extremal_perturbation
-from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
-from .methods.rise import RiseMasks, rise
-from .methods.score_cam import score_cam
-from .methods.smoothgrad import smooth_grad
+
+_torch: Any
+try:  # backlight.jax needs no torch: without it, only the torch-free parts import
+    import torch as _torch
+except ImportError:
+    _torch = None
+
+if _torch is not None:
+    from ._checks import ForeignHookWarning
+    from ._excitation import ExcitationBackpropContext
+    from ._keras import KerasModel, load_keras
+    from ._layers import default_cam_layer
+    from ._registry import MethodInfo, get_method, list_methods
+    from ._result import Explanation
+    from ._rules import DeConvNetContext, GuidedBackpropContext, RuleNotAppliedWarning
+    from .methods.cam import (
+        grad_cam,
+        grad_cam_plus_plus,
+        guided_grad_cam,
+        layer_cam,
+        linear_approx,
+        vit_reshape,
+    )
+    from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
+    from .methods.extremal import extremal_perturbation
+    from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
+    from .methods.rise import RiseMasks, rise
+    from .methods.score_cam import score_cam
+    from .methods.smoothgrad import smooth_grad
 
 __version__ = "0.1.0"
 
@@ -94,12 +103,17 @@ __all__ = [
 ]
 
 
-_LAZY = ("bench", "data", "metrics", "viz")
+_LAZY = ("bench", "data", "jax", "metrics", "viz")
 
 
 def __getattr__(name: str) -> Any:
-    """``backlight.metrics``, ``backlight.viz``, ``backlight.bench`` and ``backlight.data``,
-    imported when first used."""
+    """``backlight.metrics``, ``backlight.viz``, ``backlight.bench``, ``backlight.data`` and
+    ``backlight.jax``, imported when first used."""
     if name in _LAZY:
         return importlib.import_module(f"{__name__}.{name}")
+    if _torch is None and name in __all__:
+        raise ImportError(
+            f"backlight.{name} needs PyTorch (pip install torch torchvision); backlight.jax "
+            "works without it"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,8 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._choices import is_choice
 from ._types import Reduce
 from .errors import InputError, InputTypeError, ModelError, OptionError
+
+__all__ = ["is_choice"]  # re-exported: the checks' home for every choice test
 
 REDUCTIONS = ("abs_max", "l2", "sum")
 
@@ -143,14 +146,6 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
                 f"convert with x.to({reference.dtype}) or model.to({x.dtype})"
             )
     return x
-
-
-def is_choice(value: Any, choices: tuple[Any, ...]) -> bool:
-    """Whether ``value`` is one of ``choices`` (strings, ``None``), tested without ``==`` on
-    arrays or tensors, whose comparison has no single truth value."""
-    if value is None:
-        return None in choices
-    return isinstance(value, str) and value in choices
 
 
 def check_reduce(reduce: Any) -> Reduce:

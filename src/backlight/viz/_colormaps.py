@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .._checks import is_choice
+from .._choices import is_choice
 from ..errors import OptionError
 
 if TYPE_CHECKING:

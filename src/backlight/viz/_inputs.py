@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is optional here: the visualisation serves backlight.jax too
+    import torch
 
 from ..errors import InputError, InputTypeError, OptionError
 
 #: An image: a float tensor (3, H, W) in [0, 1] (or uint8), a numpy array (H, W, 3) of uint8 or of
 #: floats in [0, 1], a grey (H, W) array, or a PIL image.
-ImageLike: TypeAlias = torch.Tensor | npt.NDArray[Any] | Image.Image
+ImageLike: TypeAlias = "torch.Tensor | npt.NDArray[Any] | Image.Image"
 
 #: Several images: a tensor (N, 3, H, W), an array (N, H, W, 3), or a sequence of single images.
-Images: TypeAlias = torch.Tensor | npt.NDArray[Any] | Sequence[ImageLike]
+Images: TypeAlias = "torch.Tensor | npt.NDArray[Any] | Sequence[ImageLike]"
 
 #: A map (h, w), a map with channels (C, h, w), or a batch (N, C, h, w); a tensor or an array.
-MapLike: TypeAlias = torch.Tensor | npt.NDArray[Any]
+MapLike: TypeAlias = "torch.Tensor | npt.NDArray[Any]"
 
 U8: TypeAlias = npt.NDArray[np.uint8]
 F64: TypeAlias = npt.NDArray[np.float64]
@@ -35,13 +38,27 @@ F64: TypeAlias = npt.NDArray[np.float64]
 _RANGE_SLACK = 0.01
 
 
-def _to_numpy(value: torch.Tensor | npt.NDArray[Any]) -> npt.NDArray[Any]:
-    if isinstance(value, torch.Tensor):
+def is_tensor(value: Any) -> bool:
+    """A torch tensor (without importing torch: if it is not imported, nothing is one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_array(value: Any) -> bool:
+    """A NumPy array, or an array of another library that converts to one (JAX)."""
+    return isinstance(value, np.ndarray) or (
+        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "ndim")
+    )
+
+
+def _to_numpy(value: Any) -> npt.NDArray[Any]:
+    if is_tensor(value):
         value = value.detach().cpu()
-        if value.is_floating_point() and value.dtype != torch.float64:
+        if value.is_floating_point() and str(value.dtype) != "torch.float64":
             value = value.double()  # also makes bfloat16 and float16 convertible
-        return value.numpy()
-    return value
+        converted: npt.NDArray[Any] = value.numpy()
+        return converted
+    return np.asarray(value)
 
 
 def as_image(image: Any, name: str = "image") -> U8:
@@ -49,7 +66,7 @@ def as_image(image: Any, name: str = "image") -> U8:
     if isinstance(image, Image.Image):
         converted: U8 = np.array(image.convert("RGB"), dtype=np.uint8)
         return converted
-    if isinstance(image, torch.Tensor):
+    if is_tensor(image):
         if image.dim() == 2:
             image = image[None]
         if image.dim() != 3 or image.shape[0] not in (1, 3):
@@ -58,8 +75,8 @@ def as_image(image: Any, name: str = "image") -> U8:
                 "a channels-last (H, W, 3) tensor needs .permute(2, 0, 1), a batch of one [0]"
             )
         array = _to_numpy(image).transpose(1, 2, 0)
-    elif isinstance(image, np.ndarray):
-        array = image
+    elif _is_array(image):
+        array = _to_numpy(image)
         if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
             array = array.transpose(1, 2, 0)  # a (3, H, W) array, as tensor.numpy() gives
         if array.ndim == 2:
@@ -110,11 +127,11 @@ def _float_pixels(array: npt.NDArray[Any], name: str) -> U8:
 
 def as_images(images: Any, name: str = "images") -> list[U8]:
     """Several images (a batch tensor or array, a sequence, or one image) as uint8 arrays."""
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
+    if is_tensor(images) and images.dim() == 4:
         return [as_image(im, f"{name}[{i}]") for i, im in enumerate(images)]
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return [as_image(im, f"{name}[{i}]") for i, im in enumerate(images)]
-    if isinstance(images, (torch.Tensor, np.ndarray, Image.Image)):
+    if _is_array(images) and images.ndim == 4:
+        return [as_image(im, f"{name}[{i}]") for i, im in enumerate(_to_numpy(images))]
+    if is_tensor(images) or _is_array(images) or isinstance(images, Image.Image):
         return [as_image(images, name)]
     if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
         if len(images) == 0:
@@ -128,7 +145,7 @@ def as_images(images: Any, name: str = "images") -> list[U8]:
 
 def as_maps(maps: Any, name: str = "map") -> tuple[F64, bool]:
     """Maps as float64 (N, C, h, w), and whether the input was a batch (4-D)."""
-    if not isinstance(maps, (torch.Tensor, np.ndarray)):
+    if not (is_tensor(maps) or _is_array(maps)):
         raise InputTypeError(
             f"`{name}` must be a torch.Tensor or numpy array (N, C, h, w), (C, h, w) or (h, w), "
             f"not {type(maps).__name__}"

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ._colormaps import Colormap, colormap
@@ -19,6 +17,7 @@ from ._inputs import (
     as_maps,
     check_alpha,
     check_percentile,
+    is_tensor,
     require_channels,
 )
 from ._scale import Mode, Scale, check_mode, resolve_mode, scale_sample, to_uint8
@@ -61,8 +60,23 @@ def resize_maps(maps: F64, size: tuple[int, int]) -> F64:
     """Bilinear resizing of (N, C, h, w) maps to ``size`` (as backlight's ``resize=True``)."""
     if maps.shape[-2:] == size:
         return maps
-    resized = F.interpolate(torch.from_numpy(maps), size=size, mode="bilinear", align_corners=False)
-    return resized.numpy()
+    rows = _linear_weights(maps.shape[-2], size[0])
+    cols = _linear_weights(maps.shape[-1], size[1])
+    resized: F64 = np.einsum("Hh,nchw,Ww->ncHW", rows, maps, cols)
+    return resized
+
+
+def _linear_weights(n_in: int, n_out: int) -> F64:
+    """(n_out, n_in): linear interpolation at half-pixel centres, edges clamped, the formula of
+    torch's ``interpolate(mode="bilinear", align_corners=False)`` (without antialiasing)."""
+    source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(int), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = source - low
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1 - frac)
+    np.add.at(weights, (np.arange(n_out), high), frac)
+    return weights
 
 
 def heat_panel(
@@ -123,7 +137,7 @@ def colorize(
 
 
 def _images_for_overlay(image: Any) -> tuple[list[U8], bool]:
-    if isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4:
+    if (is_tensor(image) or isinstance(image, np.ndarray)) and image.ndim == 4:
         return [as_image(im, f"image[{i}]") for i, im in enumerate(image)], True
     return [as_image(image, "image")], False
 

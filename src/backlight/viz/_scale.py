@@ -7,7 +7,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from .._checks import is_choice
+from .._choices import is_choice
 from ..errors import OptionError
 from ._inputs import F64, U8, MapLike, as_maps, check_percentile, check_positive, require_channels
 
