@@ -105,6 +105,31 @@ def ratio_table(
     return rows
 
 
+def comparison_table(
+    times: dict[str, list[float]],
+    compared_with: dict[str, str],
+    first: dict[str, float] | None = None,
+) -> list[str]:
+    """Markdown rows: each contender's median and minimum time and, where ``compared_with``
+    names another contender, the ratios of medians and of minimums to it; with ``first``, the
+    time of the first (compiling) call too."""
+    head = "| contender |" + (" first call, compiling (s) |" if first is not None else "")
+    rows = [
+        head + " median (s) | min (s) | compared with | ratio of medians | ratio of minimums |",
+        "| --- |" + (" ---: |" if first is not None else "") + " ---: | ---: | --- | ---: | ---: |",
+    ]
+    for name, ts in times.items():
+        other = compared_with.get(name)
+        cells = [f"{statistics.median(ts):.3f}", f"{min(ts):.3f}", other or "", "", ""]
+        if other is not None:
+            cells[3] = f"{statistics.median(ts) / statistics.median(times[other]):.3f}"
+            cells[4] = f"{min(ts) / min(times[other]):.3f}"
+        if first is not None:
+            cells.insert(0, f"{first[name]:.2f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def median_table(
     times: dict[str, list[float]], time_column: str, columns: dict[str, Callable[[float], str]]
 ) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 import backlight.jax as bj
+from _timing import comparison_table, publish
 
 
 class Bottleneck(nn.Module):
@@ -120,30 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         + " ".join(argv if argv is not None else sys.argv[1:])
         + f"`, {time.strftime('%Y-%m-%d')}. Contenders interleaved in a new random order each round.",
         "",
-        "| contender | first call, compiling (s) | median (s) | min (s) | compared with | ratio of medians | ratio of minimums |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        *comparison_table(times, reference, first),
     ]
-    for name, ts in times.items():
-        other = reference.get(name)
-        cells = (
-            ["", "", ""]
-            if other is None
-            else [
-                other,
-                f"{statistics.median(ts) / statistics.median(times[other]):.3f}",
-                f"{min(ts) / min(times[other]):.3f}",
-            ]
-        )
-        rows.append(
-            f"| {name} | {first[name]:.2f} | {statistics.median(ts):.3f} | {min(ts):.3f} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    table = "\n".join(rows) + "\n"
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish("\n".join(rows) + "\n", args.markdown)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 import backlight
-from _timing import publish, stamp
+from _timing import comparison_table, publish, stamp
 
 
 def bounds(model, x: np.ndarray, target: list[int], layer: str) -> dict[str, Callable[[], object]]:
@@ -152,23 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Keras {keras.__version__} {args.model} ({args.size}x{args.size}, batch {args.batch}, "
         f"random weights, {args.threads} threads). " + stamp("keras_models.py", argv),
         "",
-        "| contender | median (s) | min (s) | compared with | ratio of medians | ratio of minimums |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
+        *comparison_table(times, reference),
     ]
-    for name, ts in times.items():
-        other = reference.get(name)
-        cells = (
-            ["", "", ""]
-            if other is None
-            else [
-                other,
-                f"{statistics.median(ts) / statistics.median(times[other]):.3f}",
-                f"{min(ts) / min(times[other]):.3f}",
-            ]
-        )
-        rows.append(
-            f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | " + " | ".join(cells) + " |"
-        )
     publish("\n".join(rows) + "\n", args.markdown)
 
 

@@ -87,47 +87,46 @@ def _saliency(
     return _reduce(c.gradient, reduce)
 
 
-def gradient(
-    model: Any,
-    variables: Any,
-    x: Any,
-    target: Any = None,
-    *,
-    layer: str | None = None,
-    reduce: Reduce = "abs_max",
-) -> Any:
+def _named(function: Callable[..., Any], name: str, doc: str) -> Callable[..., Any]:
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = doc
+    return function
+
+
+def _gradient_method(rule: str | None, name: str, doc: str) -> Callable[..., Any]:
+    """A gradient-family method: the gradient at the input or ``layer``, under ``rule``."""
+
+    def method(
+        model: Any,
+        variables: Any,
+        x: Any,
+        target: Any = None,
+        *,
+        layer: str | None = None,
+        reduce: Reduce = "abs_max",
+    ) -> Any:
+        return _saliency(rule, model, variables, x, target, layer, reduce)
+
+    return _named(method, name, doc)
+
+
+gradient = _gradient_method(
+    None,
+    "gradient",
     """The gradient of the class score with respect to the input (or ``layer``'s output),
-    ``reduce``-d over the channels (last axis), as :func:`backlight.gradient`."""
-    return _saliency(None, model, variables, x, target, layer, reduce)
-
-
-def guided_backprop(
-    model: Any,
-    variables: Any,
-    x: Any,
-    target: Any = None,
-    *,
-    layer: str | None = None,
-    reduce: Reduce = "abs_max",
-) -> Any:
+    ``reduce``-d over the channels (last axis), as :func:`backlight.gradient`.""",
+)
+guided_backprop = _gradient_method(
+    "guided_backprop",
+    "guided_backprop",
     """Guided backprop: at every ReLU ``∂x = [x > 0] · max(∂y, 0)``, as
-    :func:`backlight.guided_backprop`; every ``max(x, 0)`` the function computes gets the rule."""
-    return _saliency("guided_backprop", model, variables, x, target, layer, reduce)
-
-
-def deconvnet(
-    model: Any,
-    variables: Any,
-    x: Any,
-    target: Any = None,
-    *,
-    layer: str | None = None,
-    reduce: Reduce = "abs_max",
-) -> Any:
-    """DeConvNet (tf-keras-vis' "rectified"): at every ReLU ``∂x = max(∂y, 0)``."""
-    return _saliency("deconvnet", model, variables, x, target, layer, reduce)
-
-
+    :func:`backlight.guided_backprop`; every ``max(x, 0)`` the function computes gets the rule.""",
+)
+deconvnet = _gradient_method(
+    "deconvnet",
+    "deconvnet",
+    """DeConvNet (tf-keras-vis' "rectified"): at every ReLU ``∂x = max(∂y, 0)``.""",
+)
 rectified = deconvnet
 
 
