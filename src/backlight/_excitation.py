@@ -202,6 +202,7 @@ _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__
 _ADD_INPLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
 _SCALE = {torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.mul}
 _SCALE_INPLACE = {torch.Tensor.mul_, torch.Tensor.__imul__}
+_SCALE_ANY = _SCALE | _SCALE_INPLACE
 _SUBTRACT = {
     torch.Tensor.subtract,
     torch.Tensor.sub,
@@ -341,7 +342,7 @@ class _ExcitationMode(RuleMode):
                 return _Excited.apply(tensor, _PASS_RULE, positive, func, args, kwargs)
         if func in _SUBTRACT and len(args) == 2 and not kwargs and not _requires_grad(args[1]):
             return func(*args, **kwargs)  # x − constant (a mean): p passes to x, as for a bias
-        if func in _SCALE | _SCALE_INPLACE and len(args) == 2 and not kwargs:
+        if func in _SCALE_ANY and len(args) == 2 and not kwargs:
             a, b = args
             constant = isinstance(b, torch.Tensor) and not b.requires_grad
             if isinstance(a, torch.Tensor) and constant and _broadcasts_into(b, a):

@@ -218,7 +218,8 @@ class KerasModel(nn.Module):
         self.probability = probability
         self.channels_last = keras.config.image_data_format() == "channels_last"
         self.layers: dict[str, Any] = dict(_named_layers(model))
-        self.heads = self._output_layers(model)
+        #: the output layers whose final softmax or sigmoid the logit is taken before
+        self.heads = [h for h in self._output_layers(model) if _activation_name(h) is not None]
         self.name = model.name
 
     @staticmethod
@@ -289,15 +290,12 @@ class KerasModel(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> Any:
         inp = x.permute(0, 2, 3, 1) if self.channels_last and x.dim() == 4 else x
-        if self.probability:
+        if self.probability or not self.heads:
             return self.keras_model(inp, training=False)
-        heads = [h for h in self.heads if _activation_name(h) is not None]
-        if not heads:
-            return self.keras_model(inp, training=False)
-        with _LinearHead(heads) as linear:
+        with _LinearHead(self.heads) as linear:
             output = self.keras_model(inp, training=False)
         if not linear.dropped:
-            names = ", ".join(repr(h.name) for h in heads)
+            names = ", ".join(repr(h.name) for h in self.heads)
             raise ModelError(
                 f"the output layer {names} of {self.name!r} has a softmax or sigmoid activation "
                 "that did not run through torch's softmax or sigmoid, so the logit before it "
@@ -414,6 +412,21 @@ def application_names() -> list[str]:
     )
 
 
+def unknown_application(spec: str) -> str | None:
+    """Why ``spec`` (``"VGG16"`` or ``"keras:VGG16"``) names no ``keras.applications``
+    architecture, with the closest names; ``None`` when it names one."""
+    name = spec.removeprefix("keras:")
+    names = application_names()
+    if name in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join('keras:' + c for c in close)}?" if close else ""
+    return (
+        f"unknown Keras model {spec!r}{hint} (a .keras file, or a keras.applications name such "
+        "as keras:VGG16)"
+    )
+
+
 def load_keras(spec: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> Any:
     """A Keras model from a ``.keras`` file or a ``keras.applications`` architecture.
 
@@ -453,14 +466,9 @@ def load_keras(spec: str | os.PathLike[str], weights: str | os.PathLike[str] | N
             _load_weights(model, weights)
         return model
     name = text.removeprefix("keras:")
-    names = application_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(
-            f"unknown Keras model {text!r}{hint} (a .keras file, or a keras.applications name "
-            "such as keras:VGG16)"
-        )
+    unknown = unknown_application(text)
+    if unknown is not None:
+        raise ModelError(unknown)
     factory = getattr(keras.applications, name)
     if weights == "imagenet":
         try:

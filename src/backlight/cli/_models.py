@@ -139,11 +139,9 @@ def _load_keras(spec: str, weights: str, size: int | None) -> LoadedModel:
     try:
         keras = _keras.keras_module()
         is_file = spec.endswith(".keras")
-        names = _keras.application_names()
-        if not is_file and spec[6:] not in names:
-            close = difflib.get_close_matches(spec[6:], names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join('keras:' + c for c in close)}?" if close else ""
-            raise UsageError(f"unknown Keras model {spec!r}{hint} (a keras.applications name)")
+        unknown = None if is_file else _keras.unknown_application(spec)
+        if unknown is not None:
+            raise UsageError(unknown)
         chosen = {"DEFAULT": None if is_file else "imagenet", "random": None}.get(weights, weights)
         model = _keras.load_keras(spec, chosen)
     except BacklightError as e:

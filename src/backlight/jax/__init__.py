@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError, OptionError
-from ._core import Capture, as_model, check_images, run, targets
+from ._core import Capture, Memo, Model, as_model, check_images, run, targets
 
 __all__ = [
     "deconvnet",
@@ -132,7 +132,8 @@ rectified = deconvnet
 
 def _layer_pass(
     model: Any, variables: Any, x: Any, target: Any, layer: str, rule: str | None = None
-) -> Capture:
+) -> tuple[Model, Any, Capture]:
+    """The model and input, checked, and the pass at ``layer``, a feature map (N, h, w, K)."""
     if layer is None:
         raise OptionError("the CAM methods need `layer`, a linen submodule path such as 'layer4'")
     m, x = as_model(model, variables), check_images(x)
@@ -142,7 +143,7 @@ def _layer_pass(
             f"`layer` {layer!r} outputs shape {tuple(c.activation.shape)}, not a feature map "
             "(N, h, w, K); choose a convolutional stage"
         )
-    return c
+    return m, x, c
 
 
 def _resize(maps: Any, size: tuple[int, int]) -> Any:
@@ -163,7 +164,7 @@ def _cam(combine: Callable[[Any, Any], Any], signed: bool = False) -> Callable[.
         resize: bool = False,
         relu: bool = True,
     ) -> Any:
-        c = _layer_pass(model, variables, x, target, layer)
+        _, x, c = _layer_pass(model, variables, x, target, layer)
         maps = combine(c.activation, c.gradient)
         if _flag("relu", relu) and not signed:
             maps = jnp.maximum(maps, 0)
@@ -225,28 +226,36 @@ def _minmax(masks: Any) -> Any:
     return jnp.where(span > 0, (masks - low) / jnp.where(span > 0, span, 1), 0)
 
 
-_PROBABILITIES: dict[tuple[Any, ...], tuple[Callable[..., Any], Any]] = {}
+_PROBABILITIES = Memo()
+_PREDICTIONS = Memo()
+
+
+def _predicted(m: Model, x: Any) -> Any:
+    """Each sample's predicted class, by a forward pass jitted once per model."""
+    predict = _PREDICTIONS.get(
+        (m.key,), lambda: jax.jit(lambda v, x: jnp.argmax(m.apply(v, x), axis=1)), m.owner
+    )
+    return predict(m.variables, x)
 
 
 def _probabilities(m: Any, kind: str, value: Any) -> Callable[..., Any]:
     """``(variables, images, classes) -> p`` the softmax probability of each image's class (the
     callable's score for a callable target), jitted once per model and target kind."""
     key = (m.key, kind == "callable", id(value) if kind == "callable" else None)
-    cached = _PROBABILITIES.get(key)
-    if cached is not None:
-        return cached[0]
-    if len(_PROBABILITIES) >= 64:
-        _PROBABILITIES.pop(next(iter(_PROBABILITIES)))
+    made: Callable[..., Any] = _PROBABILITIES.get(
+        key, lambda: _compile_probabilities(m, kind, value), (m.owner, value)
+    )
+    return made
 
+
+def _compile_probabilities(m: Any, kind: str, value: Any) -> Callable[..., Any]:
     def p(variables: Any, images: Any, classes: Any) -> Any:
         output = m.apply(variables, images)
         if kind == "callable":
             return value(output)
         return jnp.take_along_axis(jax.nn.softmax(output, axis=-1), classes[:, None], axis=1)[:, 0]
 
-    compiled = jax.jit(p)
-    _PROBABILITIES[key] = (compiled, (m.owner, value))  # the ids' objects kept alive
-    return compiled
+    return jax.jit(p)
 
 
 def score_cam(
@@ -264,8 +273,7 @@ def score_cam(
     ``w_k = softmax(f(x ⊙ M_k))_c``; constant channels weigh 0; as :func:`backlight.score_cam`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"`batch_size` must be a positive int, not {batch_size!r}")
-    c = _layer_pass(model, variables, x, target, layer)
-    m, x = as_model(model, variables), check_images(x)
+    m, x, c = _layer_pass(model, variables, x, target, layer)
     kind, value = targets(target, x.shape[0])
     probability = _probabilities(m, kind, value)
     a = c.activation  # (N, h, w, K)
@@ -316,7 +324,7 @@ def rise(
     kind, value = targets(target, n)
     probability = _probabilities(m, kind, value)
     if kind == "predicted":
-        value = jnp.argmax(m.apply(m.variables, x), axis=1)
+        value = _predicted(m, x)
     total = jnp.zeros((n, height, width), x.dtype)
     for i in range(n):
         for start in range(0, masks.shape[0], batch_size):
@@ -357,7 +365,7 @@ def smooth_grad(
     m, x = as_model(model, variables), check_images(x)
     kind, _ = targets(target, x.shape[0])
     if kind == "predicted":  # the classes of the clean input, for every noisy copy
-        target = jnp.argmax(m.apply(m.variables, x), axis=1)
+        target = _predicted(m, x)
     eps = jax.random.normal(jax.random.PRNGKey(seed), (samples, *x.shape[1:]), x.dtype)
     spread = (x.reshape(x.shape[0], -1).max(1) - x.reshape(x.shape[0], -1).min(1)) * noise
     total: Any = 0

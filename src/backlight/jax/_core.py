@@ -154,17 +154,42 @@ class Shapes:
     layers: dict[str, list[Any]]
 
 
-_SHAPES: OrderedDict[tuple[Any, ...], tuple[Shapes, Any]] = OrderedDict()
+class Memo:
+    """A small thread-safe LRU of what is derived from a model (compiled passes, shapes): each
+    entry keeps the objects whose ids its key holds alive, so that no id is reused under it."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any], keep: Any) -> Any:
+        """The value under ``key``, made by ``make()`` the first time."""
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit[0]
+        value = make()
+        with self._lock:
+            self._items[key] = (value, keep)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+_SHAPES = Memo()
 
 
 def shapes(model: Model, x: Any) -> Shapes:
     """The model run abstractly on ``x``'s shape (no computation), cached per model and shape:
     its Python runs once, not at every call."""
     key = (model.key, tuple(x.shape), str(x.dtype))
-    with _CACHE_LOCK:
-        hit = _SHAPES.get(key)
-        if hit is not None:
-            return hit[0]
+    found: Shapes = _SHAPES.get(key, lambda: _abstract_run(model, x), model.owner)
+    return found
+
+
+def _abstract_run(model: Model, x: Any) -> Shapes:
     layers: dict[str, list[Any]] = {}
 
     def record(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
@@ -179,12 +204,7 @@ def shapes(model: Model, x: Any) -> Shapes:
         with _linen().intercept_methods(record):
             return model.apply(variables, x)
 
-    found = Shapes(jax.eval_shape(run_abstractly, model.variables, x), layers)
-    with _CACHE_LOCK:
-        _SHAPES[key] = (found, model.owner)
-        while len(_SHAPES) > _CACHE_SIZE:
-            _SHAPES.popitem(last=False)
-    return found
+    return Shapes(jax.eval_shape(run_abstractly, model.variables, x), layers)
 
 
 # --- layers of a linen module ------------------------------------------------------------------
@@ -192,11 +212,6 @@ def shapes(model: Model, x: Any) -> Shapes:
 
 def _path(context: Any) -> str:
     return ".".join(str(p) for p in context.module.path)
-
-
-def layer_names(model: Model, x: Any) -> list[str]:
-    """The dotted paths of every submodule the forward pass of ``x`` calls, in call order."""
-    return list(shapes(model, x).layers)
 
 
 def check_layer(model: Model, x: Any, layer: str) -> Any:
@@ -257,10 +272,7 @@ def forward_fn(model: Model, layer: str | None, kind: str, value: Any) -> Callab
     return f
 
 
-# key -> (the jitted pass, what the key's ids refer to: kept alive so that no id is reused)
-_CACHE: OrderedDict[tuple[Any, ...], tuple[Callable[..., Any], tuple[Any, ...]]] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 64
+_PASSES = Memo()
 #: How many times a pass was traced (for the tests: a second call must not retrace).
 TRACES = {"count": 0}
 
@@ -270,11 +282,15 @@ def compiled_pass(
 ) -> Callable[..., Any]:
     """The jitted ``(variables, x, delta, classes) -> (gradient at delta, aux)``, cached."""
     key = (model.key, layer, kind, id(value) if kind == "callable" else None, rule)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            _CACHE.move_to_end(key)
-            return cached[0]
+    compiled: Callable[..., Any] = _PASSES.get(
+        key, lambda: _compile(model, layer, kind, value, rule), (model.owner, value)
+    )
+    return compiled
+
+
+def _compile(
+    model: Model, layer: str | None, kind: str, value: Any, rule: str | None
+) -> Callable[..., Any]:
     f = forward_fn(model, layer, kind, value)
     ruled = with_rule(f, rule) if rule is not None else f
 
@@ -283,12 +299,7 @@ def compiled_pass(
         grad, aux = jax.grad(ruled, argnums=2, has_aux=True)(variables, x, delta, classes)
         return grad, aux
 
-    compiled = jax.jit(step)
-    with _CACHE_LOCK:
-        _CACHE[key] = (compiled, (model.owner, value))
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return compiled
+    return jax.jit(step)
 
 
 @dataclass
