@@ -69,7 +69,7 @@ def smooth_grad(
     average: Literal["maps", "channels"] = "maps",
     **options: Any,
 ) -> Explanation:
-    """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017).
+    """SmoothGrad: any gradient or CAM method averaged over noisy copies of the input.
 
     ``map = 1/n Σ_j M(x + σ ε_j)`` with ``ε_j ~ N(0, I)``, ``σ = noise · (max x_i − min x_i)`` per
     sample, and ``M`` any gradient-family or CAM method called with ``options``. The targets are
@@ -78,7 +78,9 @@ def smooth_grad(
     batch, so a batch gives the maps of its samples one by one, and the same seed the same map.
 
     Args:
-        method: the method to smooth, as a function (``backlight.guided_backprop``) or a name.
+        method: the method to smooth, as a function (``backlight.guided_backprop``) or a name;
+            where it is an option (``--method smooth_grad``), the plain gradient by default, as
+            in the paper.
         model, x, target: as for the method.
         samples: the number ``n`` of noisy copies per sample.
         noise: the noise level ``σ / (max x − min x)``; the paper finds 0.1 to 0.2 works best.
@@ -94,6 +96,13 @@ def smooth_grad(
 
     Returns:
         The averaged maps, shaped as ``method`` returns them.
+
+    Aliases:
+        smoothgrad
+
+    Paper:
+        Smilkov, Thorat, Kim, Viégas & Wattenberg, SmoothGrad: removing noise by adding noise,
+        2017
 
     Example:
         >>> import torch, torchvision, backlight
@@ -192,65 +201,32 @@ def _resolve_name(method: str | Callable[..., Any]) -> str:
     return registered[0] if registered else getattr(method, "__name__", repr(method))
 
 
-@register(
-    "smooth_grad",
-    family="wrapper",
-    quick={"samples": 4, "progress": False},
-    public=smooth_grad,
-)
-def smooth_grad_method(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Target = None,
-    *,
-    method: str | Callable[..., torch.Tensor] = "gradient",
-    samples: int = 25,
-    noise: float = 0.15,
-    seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = True,
-    average: Literal["maps", "channels"] = "maps",
-    **options: Any,
-) -> torch.Tensor:
-    """SmoothGrad: any gradient or CAM method averaged over noisy copies of the input.
+def _method_as_option(public: Callable[..., Explanation]) -> Callable[..., Explanation]:
+    """``public(method, model, x, target, **options)`` in every method's calling convention,
+    ``fn(model, x, target, *, method="gradient", **options)``, for the registry, the CLI and the
+    bench: the same parameters, defaults and docstring, with the method moved to an option (the
+    plain gradient by default, as in the paper)."""
+    first, *rest = inspect.signature(public).parameters.values()
+    method = first.replace(kind=inspect.Parameter.KEYWORD_ONLY, default="gradient")
+    keyword = [p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest].index(True)
+    parameters = [*rest[:keyword], method, *rest[keyword:]]
 
-    ``smooth_grad(method, model, x, ...)`` with the method as an option, in the calling
-    convention of every method (for the registry, the CLI and the bench).
-    Args:
-        method: the method to smooth, a name or a function (the plain gradient by default, as
-            in the paper).
-        samples: the number of noisy copies per sample.
-        noise: the noise level ``σ / (max x − min x)``; 0.1 to 0.2 works best.
-        seed: seeds the noise.
-        batch_size: noisy images per call of ``method``; bounds the memory used.
-        progress: show a progress bar over the batches.
-        average: ``"maps"`` (the paper) or ``"channels"`` (tf-keras-vis' form); see
-            :func:`backlight.smooth_grad`.
+    def function(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        method: str | Callable[..., torch.Tensor] = "gradient",
+        **options: Any,
+    ) -> Explanation:
+        return public(method, model, x, target, **options)
 
-    Aliases:
-        smoothgrad
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = public.__name__
+    function.__doc__ = public.__doc__
+    return function
 
-    Paper:
-        Smilkov, Thorat, Kim, Viégas & Wattenberg, SmoothGrad: removing noise by adding noise,
-        2017
 
-    Example:
-        >>> import torch, torchvision, backlight
-        >>> model = torchvision.models.resnet18(num_classes=10)
-        >>> info = backlight.get_method("smooth_grad")
-        >>> info.function(model, torch.randn(1, 3, 32, 32), 3, samples=2, progress=False).shape
-        torch.Size([1, 1, 32, 32])
-    """
-    return smooth_grad(
-        method,
-        model,
-        x,
-        target,
-        samples=samples,
-        noise=noise,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        average=average,
-        **options,
-    )
+register(
+    "smooth_grad", family="wrapper", quick={"samples": 4, "progress": False}, public=smooth_grad
+)(_method_as_option(smooth_grad))
