@@ -1,24 +1,69 @@
-"""Argument checks shared by the metrics, each failing with a typed, actionable error."""
+"""Argument checks shared by the metrics, each failing with a typed, actionable error.
+
+torch is imported by the helpers that need it, not by this module: :func:`size_pair` serves the
+pointing game, which runs without torch.
+"""
 
 from __future__ import annotations
 
 import numbers
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_flag, check_int, check_positive_int
 from ..errors import InputError, InputTypeError, OptionError
 
-flag = check_flag
-integer = check_int
-positive_int = check_positive_int
+if TYPE_CHECKING:
+    import torch
+
+    from .._checks import check_flag, check_int, check_positive_int
+
+    flag = check_flag
+    integer = check_int
+    positive_int = check_positive_int
+
+#: Checks of backlight._checks (which imports torch), loaded when first imported from here.
+_CHECKS = {"flag": "check_flag", "integer": "check_int", "positive_int": "check_positive_int"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CHECKS:
+        from .. import _checks
+
+        return getattr(_checks, _CHECKS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_tensor(value: Any) -> bool:
+    """A torch tensor (without importing torch: if it is not imported, nothing is one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def is_array(value: Any) -> bool:
+    """A NumPy array, or an array of another library that converts to one (JAX)."""
+    return isinstance(value, np.ndarray) or (
+        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "ndim")
+    )
+
+
+def as_numpy(value: Any) -> npt.NDArray[Any]:
+    """A tensor (detached, on the CPU; float16 and bfloat16 as float32) or anything else
+    ``np.asarray`` takes, as a NumPy array."""
+    if is_tensor(value):
+        tensor = value.detach().cpu()
+        if tensor.is_floating_point() and tensor.itemsize < 4:
+            tensor = tensor.float()
+        array: npt.NDArray[Any] = tensor.numpy()
+        return array
+    return np.asarray(value)
 
 
 def size_pair(name: str, value: Any) -> tuple[int, int]:
-    """An image size ``(H, W)`` of two positive ints."""
-    ok = isinstance(value, (tuple, list, torch.Size)) and len(value) == 2
+    """An image size ``(H, W)`` of two positive ints (a tuple, a list or a ``torch.Size``)."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
     ok = ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
     if not ok or int(value[0]) < 1 or int(value[1]) < 1:
         raise OptionError(
@@ -29,6 +74,8 @@ def size_pair(name: str, value: Any) -> tuple[int, int]:
 
 def saliency_batch(saliency: Any, n: int | None = None, name: str = "saliency") -> torch.Tensor:
     """Maps (N, 1, h, w) or (N, h, w) as a finite floating-point tensor (N, h, w)."""
+    import torch
+
     if not isinstance(saliency, torch.Tensor):
         raise InputTypeError(
             f"`{name}` must be a torch.Tensor of maps (N, 1, h, w), not {type(saliency).__name__}"
@@ -65,6 +112,9 @@ def saliency_batch(saliency: Any, n: int | None = None, name: str = "saliency") 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resizing (half-pixel centres, as TorchRay) of maps (N, h, w) to ``size``."""
+    import torch
+    import torch.nn.functional as F
+
     if tuple(maps.shape[-2:]) == size:
         return maps
     if maps.dtype not in (torch.float32, torch.float64):

@@ -5,6 +5,13 @@ centres), its maximum is taken (the first one in row-major order when several pi
 the pair is a hit when a pixel of the class's ground truth lies at a Euclidean distance strictly
 less than ``tolerance`` pixels from it: ``hit ⇔ ∃ (i, j) ∈ mask : (i − y)² + (j − x)² < tolerance²``.
 Hits and misses are counted per class; the score is the mean of the per-class accuracies.
+
+Maps, masks and boxes may be torch tensors or NumPy arrays (and so JAX arrays, or any array
+``np.asarray`` takes), and none of this needs torch: ``backlight.jax``'s maps are scored as they
+are. The computation is NumPy's; a torch map is resized by torch (``F.interpolate``, on its own
+device, as TorchRay does) and a NumPy one by the same formula in NumPy, float64. Tables come back
+as torch tensors when a torch tensor went in, as NumPy arrays when an array went in, and, when
+only Python lists went in, as torch tensors if torch is installed (as before) and NumPy otherwise.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
-import torch
+import numpy as np
+import numpy.typing as npt
 
 from ..errors import InputError, InputTypeError, OptionError, TargetError
-from ._common import resize_maps, saliency_batch, size_pair
+from ._common import as_numpy, is_array, is_tensor, size_pair
+
+if TYPE_CHECKING:
+    import torch
 
 #: No data set has more classes than this; a larger count is a mistake.
 _MAX_CLASSES = 10**7
@@ -32,11 +43,27 @@ __all__ = [
     "pointing_game",
 ]
 
-#: Boxes ``(K, 4)`` as ``(x_min, y_min, x_max, y_max)`` in pixel coordinates, a tensor or rows.
-Boxes: TypeAlias = torch.Tensor | Sequence[Sequence[float]]
+#: Boxes ``(K, 4)`` as ``(x_min, y_min, x_max, y_max)`` in pixel coordinates: a tensor, an array
+#: or rows.
+Boxes: TypeAlias = "torch.Tensor | npt.NDArray[Any] | Sequence[Sequence[float]]"
+
+#: A map or a mask: a torch tensor, or a NumPy array (a JAX array, anything ``np.asarray`` takes).
+ArrayIn: TypeAlias = "torch.Tensor | npt.ArrayLike"
+
+#: A table of the result: a torch tensor or a NumPy array, following the inputs.
+Table: TypeAlias = "torch.Tensor | npt.NDArray[Any]"
+
+_Mask: TypeAlias = npt.NDArray[np.bool_]
+_Maps: TypeAlias = npt.NDArray[np.floating[Any]]
 
 
-def boxes_to_mask(boxes: Boxes, size: tuple[int, int]) -> torch.Tensor:
+@overload
+def boxes_to_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
+@overload
+def boxes_to_mask(boxes: npt.NDArray[Any], size: tuple[int, int]) -> npt.NDArray[np.bool_]: ...
+@overload
+def boxes_to_mask(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> Table: ...
+def boxes_to_mask(boxes: Boxes, size: tuple[int, int]) -> Table:
     """The region covered by boxes, as a boolean mask ``(H, W)``.
 
     Boxes are ``(x_min, y_min, x_max, y_max)`` in continuous pixel coordinates (pixel ``(i, j)``
@@ -47,29 +74,27 @@ def boxes_to_mask(boxes: Boxes, size: tuple[int, int]) -> torch.Tensor:
     TorchRay's ``voc_as_mask``.
 
     Args:
-        boxes: ``(K, 4)`` boxes (a tensor or a sequence of 4-tuples); ``K`` may be 0.
+        boxes: ``(K, 4)`` boxes (a tensor, an array or a sequence of 4-tuples); ``K`` may be 0.
         size: the image size ``(H, W)``.
 
     Returns:
-        A boolean tensor ``(H, W)``.
+        A boolean ``(H, W)`` tensor for a tensor, array for an array; for Python rows, a tensor
+        when torch is installed and an array otherwise.
 
     Example:
+        >>> import numpy as np
         >>> from backlight.metrics import boxes_to_mask
         >>> boxes_to_mask([(1, 0, 3, 2)], (3, 4)).int()
         tensor([[0, 1, 1, 0],
                 [0, 1, 1, 0],
                 [0, 0, 0, 0]], dtype=torch.int32)
+        >>> boxes_to_mask(np.array([(1, 0, 3, 2)]), (3, 4)).astype(int)
+        array([[0, 1, 1, 0],
+               [0, 1, 1, 0],
+               [0, 0, 0, 0]])
     """
-    height, width = size_pair("size", size)
-    table = _boxes(boxes)
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    rows = torch.arange(height, dtype=torch.float64) + 0.5
-    cols = torch.arange(width, dtype=torch.float64) + 0.5
-    for x0, y0, x1, y1 in table.tolist():
-        inside_rows = (rows >= y0) & (rows <= y1)
-        inside_cols = (cols >= x0) & (cols <= x1)
-        mask |= inside_rows[:, None] & inside_cols[None, :]
-    return mask
+    mask = _box_mask(boxes, size_pair("size", size))
+    return _table(mask, _uses_torch(boxes))
 
 
 def is_difficult(boxes: Boxes, size: tuple[int, int], *, other_classes: int) -> bool:
@@ -94,41 +119,44 @@ def is_difficult(boxes: Boxes, size: tuple[int, int], *, other_classes: int) -> 
         False
     """
     height, width = size_pair("size", size)
-    area = int(boxes_to_mask(boxes, (height, width)).sum())
+    area = int(_box_mask(boxes, (height, width)).sum())
     return other_classes >= 1 and 4 * area < height * width
 
 
-def max_point(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[int, int]:
+def max_point(saliency: ArrayIn, size: tuple[int, int] | None = None) -> tuple[int, int]:
     """The ``(x, y)`` pixel of a map's maximum, after resizing the map to ``size``.
 
     The map is resized bilinearly (half-pixel centres) when its size differs from ``size``; among
     tied maxima the first in row-major order (smallest ``y``, then smallest ``x``) is taken.
 
     Args:
-        saliency: one map, ``(h, w)``, ``(1, h, w)`` or ``(1, 1, h, w)``.
+        saliency: one map, ``(h, w)``, ``(1, h, w)`` or ``(1, 1, h, w)``; a tensor or an array.
         size: the image size ``(H, W)``; ``None`` keeps the map's own size.
 
     Returns:
         ``(x, y)``: column and row.
 
     Example:
-        >>> import torch
+        >>> import numpy as np, torch
         >>> from backlight.metrics import max_point
         >>> max_point(torch.tensor([[0.0, 2.0], [2.0, 1.0]]))
         (1, 0)
+        >>> peak = np.zeros((3, 3))
+        >>> peak[1, 1] = 1.0
+        >>> max_point(peak, (6, 6))  # rows 2 and 3 tie, as do columns 2 and 3: the first wins
+        (2, 2)
     """
-    maps = _single_map(saliency)
-    if size is not None:
-        maps = resize_maps(maps, size_pair("size", size))
-    flat = maps[0].reshape(-1)
-    index = int(torch.nonzero(flat == flat.max())[0, 0])
-    width = maps.shape[-1]
-    return index % width, index // width
+    maps, device = _map_batch(saliency, single=True)
+    shape = _shape(maps) if size is None else size_pair("size", size)
+    return _argmax(maps[0], shape, device)
 
 
 @dataclass(frozen=True)
 class PointingResult:
     """Pointing-game scores, for all pairs and for the difficult subset.
+
+    The tables are torch tensors when torch tensors were scored and NumPy arrays when arrays were
+    (see the module's notes).
 
     Attributes:
         accuracy: the mean of the per-class accuracies over the classes that were evaluated at
@@ -144,9 +172,9 @@ class PointingResult:
 
     accuracy: float
     overall_accuracy: float
-    class_accuracies: torch.Tensor
-    hits: torch.Tensor
-    misses: torch.Tensor
+    class_accuracies: Table
+    hits: Table
+    misses: Table
     difficult: PointingResult | None = None
 
     @property
@@ -163,7 +191,8 @@ class PointingGame:
     (:func:`max_point`, at the image's resolution) hits when
     ``∃ (i, j) ∈ mask : (i − y)² + (j − x)² < tolerance²``; the score is the mean over classes of
     ``hits / (hits + misses)``. Pairs flagged ``difficult`` are counted in both the full set and
-    the difficult subset, so one pass gives both numbers.
+    the difficult subset, so one pass gives both numbers. Maps and masks may be torch tensors or
+    NumPy/JAX arrays; :meth:`result`'s tables are tensors once a tensor was added.
 
     Differences from TorchRay: the mean is over the classes evaluated at least once (TorchRay
     averages over all ``num_classes``, an unseen class counting as 0; on the full VOC 2007 test
@@ -189,6 +218,15 @@ class PointingGame:
         False
         >>> game.result().accuracy
         0.5
+
+        The same with NumPy (or JAX) arrays, without torch:
+
+        >>> import numpy as np
+        >>> game = PointingGame(num_classes=2)
+        >>> game.add(saliency.numpy(), 0, mask=mask.numpy())
+        True
+        >>> game.result().hits
+        array([1, 0])
     """
 
     def __init__(self, num_classes: int | None = None, *, tolerance: float = 15) -> None:
@@ -216,17 +254,20 @@ class PointingGame:
         self.num_classes: int | None = None if num_classes is None else int(num_classes)
         self.tolerance: float = float(tolerance)
         self._counts: dict[bool, dict[int, list[int]]] = {False: {}, True: {}}
+        #: Whether the tables come back as torch tensors (None: decided by the installation).
+        self._torch: bool | None = None
 
     def reset(self) -> None:
         """Forget every hit and miss."""
         self._counts = {False: {}, True: {}}
+        self._torch = None
 
     def add(
         self,
-        saliency: torch.Tensor,
+        saliency: ArrayIn,
         class_id: int,
         *,
-        mask: torch.Tensor | None = None,
+        mask: ArrayIn | None = None,
         boxes: Boxes | None = None,
         size: tuple[int, int] | None = None,
         difficult: bool = False,
@@ -235,24 +276,28 @@ class PointingGame:
 
         Args:
             saliency: the map, ``(h, w)``, ``(1, h, w)`` or ``(1, 1, h, w)``; resized to the
-                image's size when smaller or larger.
+                image's size when smaller or larger. A tensor or an array.
             class_id: the class the map explains.
-            mask: the class's region, a boolean ``(H, W)`` tensor at the image's resolution.
+            mask: the class's region, a boolean ``(H, W)`` tensor or array at the image's
+                resolution.
             boxes: instead of ``mask``, the class's boxes ``(K, 4)`` (see
                 :func:`boxes_to_mask`).
             size: the image size ``(H, W)`` for ``boxes``; defaults to the map's size.
             difficult: count the pair in the difficult subset too.
         """
-        region = self._region(mask, boxes, size, saliency)
-        point = max_point(saliency, (int(region.shape[0]), int(region.shape[1])))
-        return self.add_point(point, class_id, mask=region, difficult=difficult)
+        maps, device = _map_batch(saliency, single=True)
+        region = _region(mask, boxes, _shape(maps) if size is None else size)
+        point = _argmax(maps[0], _shape(region), device)
+        hit = self._score(point, class_id, region, difficult)
+        self._returns(saliency, mask, boxes)
+        return hit
 
     def add_point(
         self,
         point: tuple[float, float],
         class_id: int,
         *,
-        mask: torch.Tensor | None = None,
+        mask: ArrayIn | None = None,
         boxes: Boxes | None = None,
         size: tuple[int, int] | None = None,
         difficult: bool = False,
@@ -262,7 +307,25 @@ class PointingGame:
         required with ``boxes``."""
         if boxes is not None and mask is None and size is None:
             raise OptionError("`size` (H, W) is required with `boxes` in add_point")
-        region = self._region(mask, boxes, size, None)
+        hit = self._score(point, class_id, _region(mask, boxes, size), difficult)
+        self._returns(mask, boxes)
+        return hit
+
+    def result(self) -> PointingResult:
+        """The scores so far, with the difficult subset in ``.difficult``."""
+        size = self._table_size()
+        difficult = _result(self._counts[True], size, None, self._torch)
+        return _result(self._counts[False], size, difficult, self._torch)
+
+    def __repr__(self) -> str:
+        result = self.result()
+        return (
+            f"PointingGame(accuracy={result.accuracy:.4f}, pairs={result.count}, "
+            f"difficult accuracy={result.difficult.accuracy if result.difficult else math.nan:.4f})"
+        )
+
+    def _score(self, point: Any, class_id: Any, region: _Mask, difficult: Any) -> bool:
+        """Count one pair: the hit rule for ``point`` (x, y) on ``region``."""
         cls = self._class(class_id)
         if not isinstance(difficult, bool):
             raise OptionError(f"`difficult` must be True or False, not {difficult!r}")
@@ -273,18 +336,11 @@ class PointingGame:
             entry[0 if hit else 1] += 1
         return hit
 
-    def result(self) -> PointingResult:
-        """The scores so far, with the difficult subset in ``.difficult``."""
-        size = self._table_size()
-        difficult = _result(self._counts[True], size, None)
-        return _result(self._counts[False], size, difficult)
-
-    def __repr__(self) -> str:
-        result = self.result()
-        return (
-            f"PointingGame(accuracy={result.accuracy:.4f}, pairs={result.count}, "
-            f"difficult accuracy={result.difficult.accuracy if result.difficult else math.nan:.4f})"
-        )
+    def _returns(self, *inputs: Any) -> None:
+        """Note the kind of the inputs: a torch tensor makes the tables tensors."""
+        kind = _uses_torch(*inputs)
+        if kind is not None and not self._torch:
+            self._torch = kind
 
     def _table_size(self) -> int:
         if self.num_classes is not None:
@@ -293,8 +349,10 @@ class PointingGame:
         return max(seen) + 1 if seen else 0
 
     def _class(self, class_id: Any) -> int:
-        if isinstance(class_id, torch.Tensor) and class_id.numel() == 1:
+        if is_tensor(class_id) and class_id.numel() == 1:
             class_id = class_id.item()
+        elif is_array(class_id) and np.size(class_id) == 1:
+            class_id = np.asarray(class_id).item()
         if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral):
             raise TargetError(f"`class_id` must be an int, not {class_id!r}")
         value = int(class_id)
@@ -306,33 +364,15 @@ class PointingGame:
             )
         return value
 
-    @staticmethod
-    def _region(
-        mask: torch.Tensor | None,
-        boxes: Boxes | None,
-        size: tuple[int, int] | None,
-        saliency: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if (mask is None) == (boxes is None):
-            raise OptionError("give exactly one of `mask` and `boxes` for the object's region")
-        if mask is not None:
-            return _mask(mask)
-        assert boxes is not None
-        if size is None:
-            assert saliency is not None
-            one = _single_map(saliency)
-            size = (int(one.shape[-2]), int(one.shape[-1]))
-        return boxes_to_mask(boxes, size)
-
 
 def pointing_game(
-    saliency: torch.Tensor,
-    class_ids: Sequence[int] | torch.Tensor,
+    saliency: ArrayIn,
+    class_ids: Sequence[int] | ArrayIn,
     *,
-    masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    masks: ArrayIn | Sequence[ArrayIn] | None = None,
     boxes: Sequence[Boxes] | None = None,
     size: tuple[int, int] | None = None,
-    difficult: Sequence[bool] | torch.Tensor | None = None,
+    difficult: Sequence[bool] | ArrayIn | None = None,
     tolerance: float = 15,
     num_classes: int | None = None,
 ) -> PointingResult:
@@ -343,7 +383,8 @@ def pointing_game(
     protocol).
 
     Args:
-        saliency: maps ``(N, 1, h, w)`` or ``(N, h, w)``, resized to the regions' size.
+        saliency: maps ``(N, 1, h, w)`` or ``(N, h, w)``, resized to the regions' size; a tensor
+            or an array (NumPy, JAX).
         class_ids: the class each map explains, ``N`` ints.
         masks: the regions, ``(N, H, W)`` booleans or ``N`` masks of their own sizes.
         boxes: instead of ``masks``, ``N`` box tables ``(K_n, 4)`` (see :func:`boxes_to_mask`).
@@ -353,7 +394,7 @@ def pointing_game(
         num_classes: the number of classes; ``None`` uses the largest class id plus one.
 
     Returns:
-        A :class:`PointingResult`.
+        A :class:`PointingResult`, with tensors for tensor inputs and arrays for array inputs.
 
     Example:
         >>> import torch
@@ -363,26 +404,31 @@ def pointing_game(
         >>> boxes = [[(0, 0, 10, 10)], [(0, 0, 10, 10)]]
         >>> pointing_game(saliency, [0, 1], boxes=boxes).class_accuracies
         tensor([1., 0.], dtype=torch.float64)
+        >>> pointing_game(saliency.numpy(), [0, 1], boxes=boxes).class_accuracies
+        array([1., 0.])
     """
-    maps = saliency_batch(saliency)
+    maps, device = _map_batch(saliency)
     n = maps.shape[0]
     classes = _class_list(class_ids, n)
     flags = _flag_list(difficult, n)
     if (masks is None) == (boxes is None):
         raise OptionError("give exactly one of `masks` and `boxes`")
     if masks is not None:
-        if not isinstance(masks, torch.Tensor | Sequence):
+        given: Any = masks
+        stacked = is_tensor(given) or is_array(given)
+        if not (stacked or isinstance(given, Sequence)):
             raise InputTypeError(
-                f"`masks` must be a tensor (N, H, W) or a sequence of (H, W) masks, not "
-                f"{type(masks).__name__}"
+                f"`masks` must be a tensor or array (N, H, W) or a sequence of (H, W) masks, not "
+                f"{type(given).__name__}"
             )
-        if isinstance(masks, torch.Tensor) and masks.dim() == 2:
+        if stacked and given.ndim < 3:
             raise InputError(
-                f"`masks` has shape {tuple(masks.shape)}; give one mask per map, (N, H, W)"
+                f"`masks` has shape {tuple(given.shape)}; give one mask per map, (N, H, W)"
             )
-        regions = list(masks)
-        if len(regions) != n:
-            raise InputError(f"`masks` holds {len(regions)} masks for {n} maps; give one per map")
+        items = list(given)
+        if len(items) != n:
+            raise InputError(f"`masks` holds {len(items)} masks for {n} maps; give one per map")
+        regions = [_mask(m) for m in items]
     else:
         assert boxes is not None
         if not isinstance(boxes, Sequence):
@@ -394,19 +440,130 @@ def pointing_game(
             raise InputError(
                 f"`boxes` holds {len(tables)} box tables for {n} maps; give one per map"
             )
-        shape = (
-            size_pair("size", size)
-            if size is not None
-            else (int(maps.shape[-2]), int(maps.shape[-1]))
-        )
-        regions = [boxes_to_mask(table, shape) for table in tables]
+        shape = size_pair("size", size) if size is not None else _shape(maps)
+        regions = [_box_mask(table, shape) for table in tables]
     game = PointingGame(num_classes, tolerance=tolerance)
     for i in range(n):
-        game.add(maps[i], classes[i], mask=regions[i], difficult=flags[i])
+        game._score(_argmax(maps[i], _shape(regions[i]), device), classes[i], regions[i], flags[i])
+    game._returns(saliency, class_ids, masks, boxes, difficult)
     return game.result()
 
 
-def _hits(mask: torch.Tensor, point: tuple[float, float], tolerance: float) -> bool:
+def _uses_torch(*inputs: Any) -> bool | None:
+    """True when an input (or an item of a list of inputs) is a torch tensor; else False when one
+    is an array (NumPy, JAX); else ``None``: Python values only."""
+    kind = None
+    for value in inputs:
+        items = value if isinstance(value, list | tuple) else (value,)
+        for item in items:
+            if is_tensor(item):
+                return True
+            if is_array(item):
+                kind = False
+    return kind
+
+
+def _table(values: npt.NDArray[Any], use_torch: bool | None) -> Table:
+    """``values`` as a torch tensor or as they are (see :func:`_uses_torch`; ``None``: a tensor
+    if torch is installed, as before NumPy inputs were taken)."""
+    if use_torch is False:
+        return values
+    try:
+        import torch
+    except ImportError:
+        if use_torch:
+            raise
+        return values
+    return torch.from_numpy(values)
+
+
+def _shape(values: npt.NDArray[Any]) -> tuple[int, int]:
+    return int(values.shape[-2]), int(values.shape[-1])
+
+
+def _map_batch(saliency: Any, *, single: bool = False) -> tuple[_Maps, torch.device | None]:
+    """Maps as a finite float array (N, h, w) (N = 1 with ``single``), and the torch device they
+    are on (``None`` for an array): a torch map is resized by torch, on its device."""
+    device = None
+    if is_tensor(saliency):
+        import torch
+
+        if saliency.is_complex() or saliency.dtype == torch.bool:
+            raise InputError(f"`saliency` must hold real numbers, not {saliency.dtype}")
+        device = saliency.device
+        array = as_numpy(saliency)  # float16 and bfloat16 as float32, as torch resizes them
+    elif is_array(saliency):
+        array = np.asarray(saliency)
+    else:
+        kind = "one map" if single else "maps (N, 1, h, w)"
+        raise InputTypeError(
+            f"`saliency` must be {kind}, a torch.Tensor or a NumPy or JAX array, not "
+            f"{type(saliency).__name__}"
+        )
+    if single:
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 3 or array.shape[0] != 1:
+            raise InputError(
+                "`saliency` must be one map, (h, w), (1, h, w) or (1, 1, h, w), got shape "
+                f"{tuple(array.shape)}; score a batch with pointing_game()"
+            )
+    if array.ndim == 4:
+        if array.shape[1] != 1:
+            raise InputError(
+                f"`saliency` has {array.shape[1]} channels (shape {tuple(array.shape)}); "
+                "reduce them to one map per image first, e.g. saliency.abs().amax(1, keepdim=True)"
+            )
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise InputError(
+            f"`saliency` must have shape (N, 1, h, w) or (N, h, w), got {tuple(array.shape)}"
+        )
+    if array.size == 0:
+        raise InputError(f"`saliency` is empty (shape {tuple(array.shape)})")
+    if array.dtype.kind not in "iuf":  # not booleans, complex numbers, strings or objects
+        raise InputError(f"`saliency` must hold real numbers, not {array.dtype}")
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise InputError(
+            "`saliency` contains NaN or infinite values; clean it (np.nan_to_num, "
+            "torch.nan_to_num) or find where they come from"
+        )
+    return array, device
+
+
+def _argmax(saliency: _Maps, size: tuple[int, int], device: torch.device | None) -> tuple[int, int]:
+    """The ``(x, y)`` of the first maximum of one map ``(h, w)`` resized to ``size``."""
+    if _shape(saliency) != size:
+        if device is None:
+            from ..viz._overlay import resize_maps as resize_arrays  # torch's formula, in NumPy
+
+            saliency = resize_arrays(saliency[None, None].astype(np.float64), size)[0, 0]
+        else:
+            import torch
+
+            from ._common import resize_maps
+
+            moved = torch.from_numpy(saliency[None]).to(device)
+            saliency = resize_maps(moved, size)[0].cpu().numpy()
+    index = int(np.argmax(saliency))  # the first maximum in row-major order
+    width = saliency.shape[-1]
+    return index % width, index // width
+
+
+def _region(mask: Any, boxes: Any, size: tuple[int, int] | None) -> _Mask:
+    if (mask is None) == (boxes is None):
+        raise OptionError("give exactly one of `mask` and `boxes` for the object's region")
+    if mask is not None:
+        return _mask(mask)
+    assert size is not None
+    return _box_mask(boxes, size_pair("size", size))
+
+
+def _hits(mask: _Mask, point: tuple[float, float], tolerance: float) -> bool:
     """Whether a pixel of ``mask`` lies strictly within ``tolerance`` of ``point`` (x, y)."""
     try:
         x, y = float(point[0]), float(point[1])
@@ -418,93 +575,108 @@ def _hits(mask: torch.Tensor, point: tuple[float, float], tolerance: float) -> b
     if top >= bottom or left >= right:
         return False
     window = mask[top:bottom, left:right]
-    dy = torch.arange(top, bottom, dtype=torch.float64) - y
-    dx = torch.arange(left, right, dtype=torch.float64) - x
+    dy = np.arange(top, bottom, dtype=np.float64) - y
+    dx = np.arange(left, right, dtype=np.float64) - x
     accept = dy[:, None] ** 2 + dx[None, :] ** 2 < tolerance**2
-    return bool((window.cpu() & accept).any())
+    return bool((window & accept).any())
 
 
 def _result(
-    counts: dict[int, list[int]], size: int, difficult: PointingResult | None
+    counts: dict[int, list[int]],
+    size: int,
+    difficult: PointingResult | None,
+    use_torch: bool | None,
 ) -> PointingResult:
-    hits = torch.zeros(size, dtype=torch.int64)
-    misses = torch.zeros(size, dtype=torch.int64)
+    hits = np.zeros(size, dtype=np.int64)
+    misses = np.zeros(size, dtype=np.int64)
     for cls, (h, m) in counts.items():
         hits[cls], misses[cls] = h, m
     total = hits + misses
-    accuracies = torch.where(
-        total > 0, hits.double() / total.clamp(min=1).double(), torch.tensor(math.nan)
-    )
     seen = total > 0
-    accuracy = float(accuracies[seen].mean()) if bool(seen.any()) else math.nan
+    accuracies = np.full(size, math.nan)
+    accuracies[seen] = hits[seen] / total[seen]
+    accuracy = float(accuracies[seen].mean()) if seen.any() else math.nan
     overall = float(hits.sum()) / float(total.sum()) if int(total.sum()) else math.nan
-    return PointingResult(accuracy, overall, accuracies, hits, misses, difficult)
+    return PointingResult(
+        accuracy,
+        overall,
+        _table(accuracies, use_torch),
+        _table(hits, use_torch),
+        _table(misses, use_torch),
+        difficult,
+    )
 
 
-def _single_map(saliency: Any) -> torch.Tensor:
-    """One map as (1, h, w)."""
-    if not isinstance(saliency, torch.Tensor):
+def _mask(mask: Any) -> _Mask:
+    if is_tensor(mask):
+        dtype = mask.dtype
+        array = as_numpy(mask)
+    elif is_array(mask):
+        array = np.asarray(mask)
+        dtype = array.dtype
+    else:
         raise InputTypeError(
-            f"`saliency` must be a torch.Tensor map, not {type(saliency).__name__}"
+            f"`mask` must be a boolean torch.Tensor or NumPy array (H, W), not "
+            f"{type(mask).__name__}"
         )
-    if saliency.dim() == 2:
-        saliency = saliency[None]
-    elif saliency.dim() == 4 and saliency.shape[0] == 1:
-        saliency = saliency[0]
-    if saliency.dim() != 3 or saliency.shape[0] != 1:
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or array.size == 0:
+        raise InputError(f"`mask` must have shape (H, W), got {tuple(array.shape)}")
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
         raise InputError(
-            "`saliency` must be one map, (h, w), (1, h, w) or (1, 1, h, w), got shape "
-            f"{tuple(saliency.shape)}; score a batch with pointing_game()"
+            f"`mask` must be boolean (or 0/1 integers), not {dtype}; threshold it, e.g. mask > 0.5"
         )
-    return saliency_batch(saliency)
-
-
-def _mask(mask: Any) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor):
-        raise InputTypeError(
-            f"`mask` must be a boolean torch.Tensor (H, W), not {type(mask).__name__}"
-        )
-    if mask.dim() == 3 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.dim() != 2 or mask.numel() == 0:
-        raise InputError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
-    if mask.is_floating_point() or mask.is_complex():
-        raise InputError(
-            f"`mask` must be boolean (or 0/1 integers), not {mask.dtype}; threshold it, "
-            "e.g. mask > 0.5"
-        )
-    region: torch.Tensor = mask.detach().cpu() != 0
+    region: _Mask = array != 0
     return region
 
 
-def _boxes(boxes: Any) -> torch.Tensor:
+def _box_mask(boxes: Any, size: tuple[int, int]) -> _Mask:
+    """The mask of :func:`boxes_to_mask`, an array."""
+    height, width = size
+    mask = np.zeros((height, width), dtype=np.bool_)
+    rows = np.arange(height, dtype=np.float64) + 0.5
+    cols = np.arange(width, dtype=np.float64) + 0.5
+    for x0, y0, x1, y1 in _boxes(boxes).tolist():
+        inside_rows = (rows >= y0) & (rows <= y1)
+        inside_cols = (cols >= x0) & (cols <= x1)
+        mask |= inside_rows[:, None] & inside_cols[None, :]
+    return mask
+
+
+def _boxes(boxes: Any) -> npt.NDArray[np.float64]:
+    message = "`boxes` must be a (K, 4) table of (x_min, y_min, x_max, y_max) numbers"
+    if is_tensor(boxes) and boxes.is_complex():
+        raise InputError(message)
     try:
-        table = torch.as_tensor(boxes, dtype=torch.float64)
+        table = as_numpy(boxes)
     except (TypeError, ValueError, RuntimeError):
-        raise InputError(
-            "`boxes` must be a (K, 4) table of (x_min, y_min, x_max, y_max) numbers"
-        ) from None
-    if table.numel() == 0:
+        raise InputError(message) from None
+    if table.dtype.kind not in "biuf":
+        raise InputError(message)
+    table = table.astype(np.float64)
+    if table.size == 0:
         return table.reshape(0, 4)
-    if table.dim() == 1 and table.shape[0] == 4:
+    if table.ndim == 1 and table.shape[0] == 4:
         table = table[None]
-    if table.dim() != 2 or table.shape[1] != 4:
+    if table.ndim != 2 or table.shape[1] != 4:
         raise InputError(
             f"`boxes` must have shape (K, 4) as (x_min, y_min, x_max, y_max), got {tuple(table.shape)}"
         )
-    if not bool(torch.isfinite(table).all()):
+    if not np.isfinite(table).all():
         raise InputError("`boxes` contains NaN or infinite coordinates")
     return table
 
 
 def _class_list(class_ids: Any, n: int) -> list[int]:
-    if isinstance(class_ids, torch.Tensor):
-        if class_ids.dim() != 1 or class_ids.is_floating_point():
+    if is_tensor(class_ids) or is_array(class_ids):
+        array = as_numpy(class_ids)
+        if array.ndim != 1 or array.dtype.kind not in "biu":
             raise TargetError(
-                "`class_ids` as a tensor must be 1-D integers, got dtype "
-                f"{class_ids.dtype} and shape {tuple(class_ids.shape)}"
+                "`class_ids` as a tensor or array must be 1-D integers, got dtype "
+                f"{class_ids.dtype} and shape {tuple(array.shape)}"
             )
-        values: list[Any] = class_ids.tolist()
+        values: list[Any] = array.tolist()
     elif isinstance(class_ids, Iterable) and not isinstance(class_ids, str):
         values = list(class_ids)
     else:
@@ -517,8 +689,8 @@ def _class_list(class_ids: Any, n: int) -> list[int]:
 def _flag_list(difficult: Any, n: int) -> list[bool]:
     if difficult is None:
         return [False] * n
-    if isinstance(difficult, torch.Tensor) and difficult.dim() == 1:
-        values = difficult.tolist()
+    if (is_tensor(difficult) or is_array(difficult)) and difficult.ndim == 1:
+        values = as_numpy(difficult).tolist()
     elif isinstance(difficult, Sequence) and not isinstance(difficult, str):
         values = list(difficult)
     else:
