@@ -28,6 +28,8 @@ DOCUMENTED = {
     "RiseMasks",
     "default_cam_layer",
     "vit_reshape",
+    # a whole data set
+    "run",
     # front ends
     "KerasModel",
     "load_keras",

@@ -13,7 +13,9 @@ if TYPE_CHECKING:  # imported on first use: `import backlight` needs neither
     from . import bench as bench
     from . import jax as jax
     from . import metrics as metrics
+    from . import runs as runs
     from . import viz as viz
+    from .runs import run as run
 from .errors import (
     BacklightError,
     DatasetError,
@@ -97,20 +99,24 @@ __all__ = [
     "load_keras",
     "rectified",
     "rise",
+    "run",
     "score_cam",
     "smooth_grad",
     "vit_reshape",
 ]
 
 
-_LAZY = ("bench", "data", "jax", "metrics", "viz")
+_LAZY = ("bench", "data", "jax", "metrics", "runs", "viz")
 
 
 def __getattr__(name: str) -> Any:
-    """``backlight.metrics``, ``backlight.viz``, ``backlight.bench``, ``backlight.data`` and
-    ``backlight.jax``, imported when first used."""
+    """``backlight.metrics``, ``backlight.viz``, ``backlight.bench``, ``backlight.data``,
+    ``backlight.runs`` and ``backlight.jax``, imported when first used, and ``backlight.run``
+    (:func:`backlight.runs.run`)."""
     if name in _LAZY:
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "run" and _torch is not None:
+        return importlib.import_module(f"{__name__}.runs").run
     if _torch is None and name in __all__:
         raise ImportError(
             f"backlight.{name} needs PyTorch (pip install torch torchvision); backlight.jax "

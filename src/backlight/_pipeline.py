@@ -285,6 +285,7 @@ def explanation(maps: torch.Tensor, capture: Capture | Pass, **extras: Any) -> E
         layer=capture.layer,
         targets=capture.scorer.classes,
         scores=capture.scores,
+        output=capture.output if isinstance(capture.output, torch.Tensor) else None,
         **extras,
     )
 

@@ -34,6 +34,9 @@ class Explanation(torch.Tensor):
         scores: the explained score of each sample on the input as given (N,), or the method's
             own scores ((N, A) for extremal perturbation: the score of each perturbed image).
         settings: every option the method ran with, defaults included, and the layer it chose.
+        output: the model's output on the input as given (N, classes), detached, where the
+            method ran that pass (a data-set run reads the predictions from it instead of
+            running the model once more); else ``None``.
         extras: anything else the method returns, also readable as attributes
             (``result.history``).
 
@@ -53,6 +56,7 @@ class Explanation(torch.Tensor):
     targets: torch.Tensor | None
     scores: torch.Tensor | None
     settings: dict[str, Any]
+    output: torch.Tensor | None
     extras: dict[str, Any]
 
     @staticmethod
@@ -64,6 +68,7 @@ class Explanation(torch.Tensor):
         targets: torch.Tensor | None = None,
         scores: torch.Tensor | None = None,
         settings: Mapping[str, Any] | None = None,
+        output: torch.Tensor | None = None,
         **extras: Any,
     ) -> Explanation:
         """Wrap ``maps`` (detached, not copied) with what the method found. An extra that is
@@ -78,6 +83,7 @@ class Explanation(torch.Tensor):
         result.targets = None if targets is None else targets.detach()
         result.scores = None if scores is None else scores.detach()
         result.settings = dict(settings or {})
+        result.output = None if output is None else output.detach()
         result.extras = {k: base if v is maps else v for k, v in extras.items()}
         return result
 
@@ -115,6 +121,7 @@ class Explanation(torch.Tensor):
             targets=None if self.targets is None else self.targets.clone(),
             scores=None if self.scores is None else self.scores.clone(),
             settings=copy.deepcopy(self.settings, memo),
+            output=None if self.output is None else self.output.clone(),
             **copy.deepcopy(self.extras, memo),
         )
 

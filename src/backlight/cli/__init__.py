@@ -1,4 +1,5 @@
-"""The ``backlight`` command: explain images, list methods and layers, run the offline demo.
+"""The ``backlight`` command: explain images or a whole data set, list methods and layers, build
+a run's report, run the offline demo.
 
 Exit codes: 0 success; 2 usage error (an unknown method, model, layer or target, a bad option);
 1 failure (a missing or unreadable file, no network for weights, a method that cannot apply).
@@ -32,6 +33,7 @@ from ._explain import (
 )
 from ._models import load_model
 from ._outputs import file_stems, staged
+from ._run import add_commands, report_command, run_command
 
 __all__ = ["main"]
 
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "extremal_perturbation.areas=0.05,0.1 (repeatable; see `backlight methods`)",
     )
     explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    add_commands(commands, _model_options)
 
     commands.add_parser("methods", help="list the methods with their options")
 
@@ -105,8 +108,8 @@ def _model_options(parser: argparse.ArgumentParser, weights: str = "DEFAULT") ->
     parser.add_argument(
         "--model",
         default="resnet50",
-        help="torchvision or timm name, path/to/file.py:factory, keras:VGG16 (keras.applications) "
-        "or model.keras (default resnet50)",
+        help="torchvision or timm name, path/to/file.py:factory, keras:VGG16 (keras.applications), "
+        "model.keras, or demo (the shipped demo network) (default resnet50)",
     )
     parser.add_argument(
         "--weights",
@@ -270,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _layers(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "run":
+            return run_command(args, _categories(args, None))
+        if args.command == "report":
+            return report_command(args)
         return _demo(args)
     except CliError as e:
         print(f"backlight: error: {_one_line(str(e))}", file=sys.stderr)

@@ -14,13 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import viz
 from .._registry import MethodInfo, call_options, get_method, list_methods
-from ..errors import BacklightError, LayerError, LayerNotFoundError, OptionError, TargetError
+from ..data.files import read_image
+from ..errors import (
+    BacklightError,
+    DatasetError,
+    LayerError,
+    LayerNotFoundError,
+    OptionError,
+    TargetError,
+)
 from ._errors import Failure, UsageError
 from ._outputs import staged
 
@@ -150,18 +158,12 @@ def load_images(
     shown, inputs = [], []
     for text in paths:
         path = Path(text)
-        if not path.exists():
-            raise Failure(f"image not found: {path}")
-        if not path.is_file():
+        if path.exists() and not path.is_file():
             raise Failure(f"not a file: {path}")
         try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.convert("RGB")
-        except UnidentifiedImageError as e:
-            raise Failure(f"not an image file (or an unsupported format): {path}") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise Failure(f"cannot decode image {path}: {e}") from e
+            image = read_image(path)
+        except DatasetError as e:
+            raise Failure(str(e)) from e
         a, b = preprocess(image)
         shown.append(a)
         inputs.append(b)

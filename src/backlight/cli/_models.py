@@ -83,10 +83,13 @@ def known_models() -> list[str]:
 
 def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedModel:
     """``spec``: a torchvision name, a timm name (when timm is installed), or
-    ``path/to/file.py:factory``. ``weights``: ``DEFAULT`` (or another weights name of the
-    architecture), ``random``, or a state-dict file."""
+    ``path/to/file.py:factory``, or ``demo`` (the shipped :class:`backlight.demo.DemoNet`).
+    ``weights``: ``DEFAULT`` (or another weights name of the architecture), ``random``, or a
+    state-dict file."""
     if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
         raise UsageError(f"--size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}")
+    if spec == "demo":
+        return _load_demo(weights, size)
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         return _load_user_model(spec, weights, size)
     if spec.startswith("keras:") or spec.endswith(".keras"):
@@ -100,7 +103,7 @@ def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedMod
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UsageError(
         f"unknown model {spec!r}{hint} (a torchvision name such as resnet50, a timm name when "
-        "timm is installed, path/to/file.py:factory, keras:VGG16 or model.keras)"
+        "timm is installed, path/to/file.py:factory, keras:VGG16, model.keras or demo)"
     )
 
 
@@ -219,6 +222,25 @@ def _load_timm(timm: Any, name: str, weights: str, size: int | None) -> LoadedMo
         std=tuple(config["std"]),
     )
     return LoadedModel(model.eval(), name, weights, None, preprocess)
+
+
+def _load_demo(weights: str, size: int | None) -> LoadedModel:
+    """The demo network (weights shipped in the package, no download) on its 64 px images in
+    [0, 1], not normalised."""
+    from ..data import IMAGE_SIZE
+    from ..demo import DemoNet, load_demo_model
+
+    if weights == "DEFAULT":
+        model = load_demo_model()
+    else:
+        with torch.random.fork_rng():  # seeded, as every random model here, and the caller's
+            torch.manual_seed(0)  # random state left as it was
+            model = DemoNet().eval()
+    if weights not in ("DEFAULT", "random"):
+        load_state_file(model, weights)
+    side = size if size is not None else IMAGE_SIZE
+    preprocess = Preprocess(resize=side, crop=side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return LoadedModel(model, "demo", weights, list(model.classes), preprocess)
 
 
 def _load_user_model(spec: str, weights: str, size: int | None) -> LoadedModel:

@@ -191,6 +191,7 @@ def extremal_perturbation(
         masks,
         targets=clean.scorer.classes,
         scores=scores.clone(),
+        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
         masks=masks,
         history=history.view(n, a, 2, problem.max_iter).cpu(),
         areas=problem.areas,

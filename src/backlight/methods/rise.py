@@ -269,5 +269,6 @@ def rise(
         saliency.reshape(n, -1, height, width).clone(),
         targets=scorer.classes,
         scores=None if scorer.every_class else given,
+        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
         num_masks=masks.num_masks,
     )
