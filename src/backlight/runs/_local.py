@@ -10,20 +10,15 @@ of work, so that a slow method loses little to a crash). Memory holds ``workers`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
-from ._explain import Decoded, Explainer, Maps, Preprocess, Rows, decode
+from ._explain import Decoded, Explainer, Maps, Preprocess, decode
 from ._sources import Record, shard_records
-from ._store import Store
-
-#: Seconds of work after which a part is written even if it holds fewer than part_images.
-PART_SECONDS = 60.0
+from ._store import PartWriter, Store
 
 
 def batches(records: Sequence[Record], size: int, done: set[str]) -> list[list[Record]]:
@@ -101,46 +96,22 @@ def run_local(
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )
-    counts = {"images": 0, "rows": 0, "errors": 0, "parts": 0}
-    buffer, buffered, since = Rows(), 0, time.monotonic()
-    bar = tqdm(
+    writer = PartWriter(
+        store,
+        dtype=dtype,
+        part_images=part_images,
         total=total,
-        initial=done,
-        unit="img",
+        done=done,
+        progress=progress,
         desc="explaining",
-        disable=not progress,
-        smoothing=0.1,
     )
-
-    def flush() -> None:
-        nonlocal buffer, buffered, since
-        # emptied before the write: a Ctrl-C during it must not write the same rows twice
-        pending, count = buffer, buffered
-        buffer, buffered, since = Rows(), 0, time.monotonic()
-        if count:
-            store.write_part(pending, dtype)
-            counts["parts"] += 1
-
-    try:
+    with writer:
         for batch in loader:
             rows, maps = explainer(batch)
             if on_batch is not None:
                 on_batch(batch, maps)
-            buffer.extend(rows)
-            buffered += batch.size
-            counts["images"] += batch.size
-            counts["rows"] += rows.count
-            counts["errors"] += len(rows.errors["id"])
-            bar.update(batch.size)
-            if buffered >= part_images or time.monotonic() - since > PART_SECONDS:
-                flush()
-    except KeyboardInterrupt:
-        flush()  # whole batches only: the part is as good as any other
-        raise
-    finally:
-        bar.close()
-    flush()
-    return counts
+            writer.add(rows, batch.size)
+    return writer.counts
 
 
 def folder_png(out: Path, image_id: str, method: str) -> Path:

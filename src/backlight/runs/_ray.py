@@ -54,29 +54,17 @@ import logging
 import pickle
 import re
 import tarfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import BacklightError, DatasetError, ModelError, OptionError
 from ._explain import Explainer, Plan, Preprocess, Rows, decode
-from ._local import PART_SECONDS
-from ._sources import (
-    SHARD_IMAGE_KEYS,
-    SHARD_TARGET_KEYS,
-    Record,
-    Source,
-    _parse_label,
-    _target_value,
-    folder_records,
-    table_records,
-)
-from ._store import Store
+from ._sources import Record, Source, folder_records, sample_record, table_records
+from ._store import PartWriter, Store
 
 logger = logging.getLogger("backlight")
 
@@ -288,7 +276,6 @@ def _lower_suffix(name: str) -> str:
 def _shard_records(frame: Any, target_key: str | None, done: frozenset[str]) -> list[Record]:
     """``read_webdataset`` samples as records, as :func:`shard_records` gives them; the done
     ones left out."""
-    keys = (target_key,) if target_key else SHARD_TARGET_KEYS
     records = []
     for sample in frame.to_dict("records"):
         stem = re.sub(r"\.tar$", "", Path(str(sample["__url__"])).name)
@@ -296,15 +283,7 @@ def _shard_records(frame: Any, target_key: str | None, done: frozenset[str]) -> 
         if ident in done:
             continue
         # a member this sample lacks and another of the batch has is NaN: bytes only
-        members = {k: v for k, v in sample.items() if isinstance(v, bytes)}
-        image = next((members[k] for k in SHARD_IMAGE_KEYS if k in members), None)
-        label = next((members[k] for k in keys if k in members), None)
-        target = None if label is None else _target_value(_parse_label(label))
-        problem = None
-        if image is None:
-            names = ", ".join(sorted(k for k in members if not k.startswith("__")))
-            problem = f"the sample has no image member (it has {names or 'none'})"
-        records.append(Record(ident, data=image, target=target, problem=problem))
+        records.append(sample_record(ident, sample, target_key))
     return records
 
 
@@ -433,50 +412,28 @@ def _collect(
 ) -> dict[str, int]:
     """Write the rows as they stream back, a part every ``part_images`` images; on Ctrl-C the
     finished batches first."""
-    counts = {"images": 0, "rows": 0, "errors": 0, "parts": 0}
-    buffer, buffered, since = Rows(), 0, time.monotonic()
-    bar = tqdm(
+    writer = PartWriter(
+        store,
+        dtype=dtype,
+        part_images=part_images,
         total=total,
-        initial=done,
-        unit="img",
+        done=done,
+        progress=progress,
         desc="explaining (ray)",
-        disable=not progress,
-        smoothing=0.1,
     )
-
-    def flush() -> None:
-        nonlocal buffer, buffered, since
-        if buffered:
-            rows, buffer, buffered = buffer, Rows(), 0
-            store.write_part(rows, dtype)
-            counts["parts"] += 1
-        since = time.monotonic()
-
     stream = iter(explained.iter_rows())
     try:
-        for row in _translated(stream, kind):
-            rows = pickle.loads(row["rows"])
-            if isinstance(rows, BacklightError):
-                raise rows
-            images = int(row["images"])
-            buffer.extend(rows)
-            buffered += images
-            counts["images"] += images
-            counts["rows"] += rows.count
-            counts["errors"] += len(rows.errors["id"])
-            bar.update(images)
-            if buffered >= part_images or time.monotonic() - since > PART_SECONDS:
-                flush()
-    except KeyboardInterrupt:
-        flush()
-        raise
+        with writer:
+            for row in _translated(stream, kind):
+                rows = pickle.loads(row["rows"])
+                if isinstance(rows, BacklightError):
+                    raise rows
+                writer.add(rows, int(row["images"]))
     finally:
-        bar.close()
         close = getattr(stream, "close", None)
         if callable(close):
             close()  # stops the pipeline and its actors
-    flush()
-    return counts
+    return writer.counts
 
 
 def _translated(stream: Iterator[Any], kind: str) -> Iterator[Any]:

@@ -221,16 +221,23 @@ def shard_records(shard: str, *, target_key: str | None = None) -> Iterator[Reco
 
 def _shard_samples(samples: Iterator[Any], stem: str, target_key: str | None) -> Iterator[Record]:
     for sample in samples:
-        key = str(sample["__key__"])
-        image = next((sample[k] for k in SHARD_IMAGE_KEYS if k in sample), None)
-        keys = (target_key,) if target_key else SHARD_TARGET_KEYS
-        label = next((sample[k] for k in keys if k in sample), None)
-        target = None if label is None else _target_value(_parse_label(label))
-        problem = None
-        if image is None:
-            members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
-            problem = f"the sample has no image member (it has {members or 'none'})"
-        yield Record(f"{stem}/{key}", data=image, target=target, problem=problem)
+        yield sample_record(f"{stem}/{sample['__key__']}", sample, target_key)
+
+
+def sample_record(ident: str, sample: dict[str, Any], target_key: str | None) -> Record:
+    """A WebDataset sample (member extension -> bytes) as a record: the image the first member
+    named like an image, the target the ``target_key`` member (by default the first of
+    ``.cls``, ``.label``, ``.target``); entries that are not bytes are left out."""
+    members = {k: v for k, v in sample.items() if isinstance(v, bytes)}
+    image = next((members[k] for k in SHARD_IMAGE_KEYS if k in members), None)
+    keys = (target_key,) if target_key else SHARD_TARGET_KEYS
+    label = next((members[k] for k in keys if k in members), None)
+    target = None if label is None else _target_value(_parse_label(label))
+    problem = None
+    if image is None:
+        names = ", ".join(sorted(k for k in members if not k.startswith("__")))
+        problem = f"the sample has no image member (it has {names or 'none'})"
+    return Record(ident, data=image, target=target, problem=problem)
 
 
 def _parse_label(raw: bytes) -> str | int:

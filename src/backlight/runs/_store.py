@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ from ..viz._png import atomic_write
 from ._explain import ERROR_COLUMNS, MAP_COLUMNS, Rows
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
+#: Seconds of work after which a part is written even if it holds fewer than part_images.
+PART_SECONDS = 60.0
 
 
 def map_schema(dtype: str) -> Any:
@@ -192,6 +195,63 @@ class Store:
         import pyarrow.parquet as pq
 
         return sum(pq.read_metadata(p).num_rows for p in self._parts(self.maps_dir).values())
+
+
+class PartWriter:
+    """Rows gathered into parts, as either engine hands them over: a part every
+    ``part_images`` images or :data:`PART_SECONDS` of work, so that a slow method loses little
+    to a crash; :attr:`counts` are this session's. Use as a context manager: on Ctrl-C the
+    rows of the finished batches are written before the interrupt goes on, and the progress
+    bar (images, with images/s and the time left) is closed whatever happens."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dtype: str,
+        part_images: int,
+        total: int | None,
+        done: int,
+        progress: bool,
+        desc: str,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.store, self.dtype, self.part_images = store, dtype, part_images
+        self.counts = {"images": 0, "rows": 0, "errors": 0, "parts": 0}
+        self.buffer, self.buffered, self.since = Rows(), 0, time.monotonic()
+        self.bar = tqdm(
+            total=total, initial=done, unit="img", desc=desc, disable=not progress, smoothing=0.1
+        )
+
+    def add(self, rows: Rows, images: int) -> None:
+        """The rows of one finished batch of ``images`` images (good and bad)."""
+        self.buffer.extend(rows)
+        self.buffered += images
+        self.counts["images"] += images
+        self.counts["rows"] += rows.count
+        self.counts["errors"] += len(rows.errors["id"])
+        self.bar.update(images)
+        if self.buffered >= self.part_images or time.monotonic() - self.since > PART_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        # emptied before the write: a Ctrl-C during it must not write the same rows twice
+        pending, count = self.buffer, self.buffered
+        self.buffer, self.buffered, self.since = Rows(), 0, time.monotonic()
+        if count:
+            self.store.write_part(pending, self.dtype)
+            self.counts["parts"] += 1
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            if kind is None or issubclass(kind, KeyboardInterrupt):
+                self.flush()  # whole batches only: the part is as good as any other
+        finally:
+            self.bar.close()
 
 
 def _write_all(stream: BinaryIO, text: str) -> None:
