@@ -52,9 +52,12 @@ if _torch is not None:
         linear_approx,
         vit_reshape,
     )
+    from .methods.cam_variants import ablation_cam, eigen_cam, hires_cam, xgrad_cam
     from .methods.excitation import contrastive_excitation_backprop, excitation_backprop
     from .methods.extremal import extremal_perturbation
     from .methods.gradients import deconvnet, gradient, guided_backprop, rectified
+    from .methods.integrated import gradient_shap, input_x_gradient, integrated_gradients
+    from .methods.occlusion import occlusion
     from .methods.rise import RiseMasks, rise
     from .methods.score_cam import score_cam
     from .methods.smoothgrad import smooth_grad
@@ -82,27 +85,35 @@ __all__ = [
     "RiseMasks",
     "RuleNotAppliedWarning",
     "TargetError",
+    "ablation_cam",
     "contrastive_excitation_backprop",
     "deconvnet",
     "default_cam_layer",
+    "eigen_cam",
     "excitation_backprop",
     "extremal_perturbation",
     "get_method",
     "grad_cam",
     "grad_cam_plus_plus",
     "gradient",
+    "gradient_shap",
     "guided_backprop",
     "guided_grad_cam",
+    "hires_cam",
+    "input_x_gradient",
+    "integrated_gradients",
     "layer_cam",
     "linear_approx",
     "list_methods",
     "load_keras",
+    "occlusion",
     "rectified",
     "rise",
     "run",
     "score_cam",
     "smooth_grad",
     "vit_reshape",
+    "xgrad_cam",
 ]
 
 

@@ -39,8 +39,9 @@ class MethodInfo:
     Attributes:
         name: the public name (``backlight.<name>``, ``--method <name>``).
         function: the callable, ``fn(model, x, target=None, **options)``.
-        family: ``"gradient"``, ``"cam"``, ``"excitation"``, ``"perturbation"`` or
-            ``"wrapper"``.
+        family: ``"gradient"``, ``"attribution"`` (input times a gradient: Input×Gradient,
+            Integrated Gradients, GradientSHAP), ``"cam"``, ``"excitation"``,
+            ``"perturbation"`` or ``"wrapper"``.
         summary: one line for listings.
         paper: the reference, as "Authors, Title, Venue Year".
         aliases: other names for the same method.
