@@ -33,7 +33,12 @@ else:
         ray = None
 
 # Ray 2.60's DataContext warns about its own defaults (use_push_based_shuffle) when created
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
+    # Ray starts its processes by fork; JAX, when an earlier test module loaded it, warns at
+    # every fork of a process it runs threads in (Ray's processes do not use JAX)
+    pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning"),
+]
 needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (backlight[ray])")
 
 METHODS = "grad_cam,gradient"

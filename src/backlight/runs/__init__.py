@@ -37,7 +37,7 @@ from ._sources import (
     open_source,
     table_records,
 )
-from ._store import Store, read_maps
+from ._store import PartWriter, Store, read_maps
 
 __all__ = ["RunSummary", "read_maps", "report", "run"]
 
@@ -208,11 +208,14 @@ def run(
         done = store.done_ids()
         store.write_manifest({**manifest, "status": "running"})
         target_key = _target_key(target, where)
+        writer = PartWriter(
+            store, dtype=dtype, part_images=part_images, done=len(done), progress=progress
+        )
         if engine == "ray":
             from ._ray import run_ray
 
             counts = run_ray(
-                store,
+                writer,
                 where,
                 plan,
                 loaded,
@@ -220,8 +223,6 @@ def run(
                 batch_size=batch_size,
                 concurrency=concurrency,
                 target_key=target_key,
-                part_images=part_images,
-                progress=progress,
                 skip=[os.fspath(out)],
             )
         else:
@@ -229,15 +230,11 @@ def run(
                 where, batch_size, done, loaded["preprocess"], png, target_key, os.fspath(out)
             )
             counts = run_local(
-                store,
+                writer,
                 Explainer(loaded["module"], plan),
                 dataset,
                 total=total,
-                done=len(done),
                 workers=workers,
-                dtype=dtype,
-                part_images=part_images,
-                progress=progress,
                 on_batch=overlays(Path(out)) if png else None,
             )
         errors = store.gather_errors()

@@ -10,6 +10,8 @@ of work, so that a slow method loses little to a crash). Memory holds ``workers`
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from ._explain import Decoded, Explainer, Maps, Preprocess, decode
 from ._sources import Record, shard_records
-from ._store import PartWriter, Store
+from ._store import PartWriter
 
 
 def batches(records: Sequence[Record], size: int, done: set[str]) -> list[list[Record]]:
@@ -66,28 +68,32 @@ class _ShardBatches(IterableDataset[Decoded]):
                 yield decode(batch, self.preprocess, self.shown)
 
 
+def _start_method(workers: int) -> Any:
+    """How reader processes start: forked (fast; Linux's default), unless JAX is loaded in this
+    process: it runs threads of its own and warns that a fork may deadlock, so the readers
+    start from a fork server (the dataset and preprocessing are then pickled to them)."""
+    if workers and "jax" in sys.modules:
+        return multiprocessing.get_context("forkserver")
+    return None
+
+
 def _same(batch: Any) -> Any:
     """The DataLoader's collate function: each item is a batch already."""
     return batch
 
 
 def run_local(
-    store: Store,
+    writer: PartWriter,
     explainer: Explainer,
     dataset: Dataset[Decoded] | IterableDataset[Decoded],
     *,
     total: int | None,
-    done: int,
     workers: int,
-    dtype: str,
-    part_images: int,
-    progress: bool,
     on_batch: Callable[[Decoded, Maps], None] | None = None,
 ) -> dict[str, int]:
-    """Explain every batch of ``dataset`` into ``store``; returns the counts of this session.
-
-    On Ctrl-C the complete batches explained so far are written before the interrupt goes on,
-    so that a resumed run starts where this one stopped."""
+    """Explain every batch of ``dataset`` into ``writer``'s store; returns the counts of this
+    session. On Ctrl-C the complete batches explained so far are written before the interrupt
+    goes on, so that a resumed run starts where this one stopped."""
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -95,16 +101,9 @@ def run_local(
         collate_fn=_same,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        multiprocessing_context=_start_method(workers),
     )
-    writer = PartWriter(
-        store,
-        dtype=dtype,
-        part_images=part_images,
-        total=total,
-        done=done,
-        progress=progress,
-        desc="explaining",
-    )
+    writer.expect(total)
     with writer:
         for batch in loader:
             rows, maps = explainer(batch)

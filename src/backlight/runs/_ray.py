@@ -64,7 +64,7 @@ import torch
 from ..errors import BacklightError, DatasetError, ModelError, OptionError
 from ._explain import Explainer, Plan, Preprocess, Rows, decode
 from ._sources import Record, Source, folder_records, sample_record, table_records
-from ._store import PartWriter, Store
+from ._store import PartWriter
 
 logger = logging.getLogger("backlight")
 
@@ -89,7 +89,7 @@ def import_ray() -> Any:
 
 
 def run_ray(
-    store: Store,
+    writer: PartWriter,
     where: Source,
     plan: Plan,
     loaded: dict[str, Any],
@@ -98,12 +98,10 @@ def run_ray(
     batch_size: int,
     concurrency: int,
     target_key: str | None,
-    part_images: int,
-    progress: bool,
     skip: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Explain the images of ``where`` not in ``done`` on Ray into ``store``; returns this
-    session's counts (``images``, ``rows``, ``errors``, ``parts``)."""
+    """Explain the images of ``where`` not in ``done`` on Ray into ``writer``'s store; returns
+    this session's counts (``images``, ``rows``, ``errors``, ``parts``)."""
     ray = import_ray()
     records, total = _records(where, done, target_key, skip)
     if records is not None and not records:
@@ -138,16 +136,8 @@ def run_ray(
                 num_cpus=1,
                 num_gpus=gpus,
             )
-            return _collect(
-                explained,
-                store,
-                dtype=plan.dtype,
-                part_images=part_images,
-                total=total,
-                done=len(done),
-                progress=progress,
-                kind=where.kind,
-            )
+            writer.expect(total)
+            return _collect(explained, writer, where.kind)
     finally:
         if started:
             ray.shutdown()
@@ -399,28 +389,9 @@ def _name_files(rows: Rows) -> None:
             errors["reason"][i] = reason.replace("the image bytes", path)
 
 
-def _collect(
-    explained: Any,
-    store: Store,
-    *,
-    dtype: str,
-    part_images: int,
-    total: int | None,
-    done: int,
-    progress: bool,
-    kind: str,
-) -> dict[str, int]:
-    """Write the rows as they stream back, a part every ``part_images`` images; on Ctrl-C the
-    finished batches first."""
-    writer = PartWriter(
-        store,
-        dtype=dtype,
-        part_images=part_images,
-        total=total,
-        done=done,
-        progress=progress,
-        desc="explaining (ray)",
-    )
+def _collect(explained: Any, writer: PartWriter, kind: str) -> dict[str, int]:
+    """Write the rows as they stream back, through ``writer``; on Ctrl-C the finished batches
+    first."""
     stream = iter(explained.iter_rows())
     try:
         with writer:

@@ -210,10 +210,8 @@ class PartWriter:
         *,
         dtype: str,
         part_images: int,
-        total: int | None,
         done: int,
         progress: bool,
-        desc: str,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -221,8 +219,13 @@ class PartWriter:
         self.counts = {"images": 0, "rows": 0, "errors": 0, "parts": 0}
         self.buffer, self.buffered, self.since = Rows(), 0, time.monotonic()
         self.bar = tqdm(
-            total=total, initial=done, unit="img", desc=desc, disable=not progress, smoothing=0.1
+            initial=done, unit="img", desc="explaining", disable=not progress, smoothing=0.1
         )
+
+    def expect(self, total: int | None) -> None:
+        """The number of images in the source (done ones included), once the engine knows it."""
+        self.bar.total = total
+        self.bar.refresh()
 
     def add(self, rows: Rows, images: int) -> None:
         """The rows of one finished batch of ``images`` images (good and bad)."""
