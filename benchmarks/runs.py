@@ -3,10 +3,11 @@ peak memory as the data set grows.
 
 The ideal loop is what a careful user writes: the model loaded once, every image decoded and
 preprocessed beforehand (not timed), then ``backlight.grad_cam`` on each batch of
-``--batch-size`` images, maps kept in memory. The local engine does everything else on top:
-reads and decodes PNG files in a DataLoader worker, finds the predictions, writes Parquet parts
-and the manifest. Both run on the same files, interleaved in a new random order each round;
-each contender's wall time includes all of its work (the engine's start-up too).
+``--batch-size`` images, maps kept in memory. The engines get the same model, loaded once, and
+do everything else on top: read and decode the PNG files (in a DataLoader worker, or in Ray's
+tasks), find the predictions, write Parquet parts and the manifest. All run on the same files,
+interleaved in a new random order each round; each contender's wall time includes all of its
+work (the engine's start-up too). Ray is started once, before, as on a cluster.
 
 The memory rows run the local engine in a fresh process on 1,000 and then 10,000 images and
 report that process's peak resident memory (``ru_maxrss``), workers included.
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,16 +61,19 @@ def ideal(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> Callable[
 
 
 def engine(
-    folder: Path, spec: str, weights: str, batch_size: int, kind: str, workers: int
+    folder: Path, loaded: Any, batch_size: int, kind: str, workers: int
 ) -> Callable[[], object]:
+    """The engine on the folder, with the model loaded once beforehand, as the ideal loop's."""
+
     def go() -> object:
         out = Path(tempfile.mkdtemp(prefix="bench-run-"))
         try:
             return run(
                 folder,
                 out=out / "out",
-                model=spec,
-                weights=weights,
+                model=loaded.model,
+                preprocess=loaded.preprocess,
+                classes=loaded.categories,
                 methods="grad_cam",
                 batch_size=batch_size,
                 workers=workers,
@@ -90,16 +95,15 @@ def throughput(args: argparse.Namespace, spec: str, n: int, size: int) -> list[s
         torch.manual_seed(0)
         paths = sorted(folder.iterdir())
         x = torch.stack([loaded.preprocess(read_image(p))[1] for p in paths])
-        weights = "random" if spec != "demo" else "DEFAULT"
         runs = {
             "ideal loop (pre-decoded)": ideal(loaded.model, x, args.batch_size),
             "backlight run --engine local": engine(
-                folder, spec, weights, args.batch_size, "local", args.workers
+                folder, loaded, args.batch_size, "local", args.workers
             ),
         }
         if args.ray:
             runs["backlight run --engine ray (2 actors)"] = engine(
-                folder, spec, weights, args.batch_size, "ray", 0
+                folder, loaded, args.batch_size, "ray", 0
             )
         times: dict[str, list[float]] = {name: [] for name in runs}
         order = list(runs)
@@ -135,6 +139,7 @@ def throughput(args: argparse.Namespace, spec: str, n: int, size: int) -> list[s
 _MEMORY_CHILD = """
 import json, resource, sys, tempfile
 from pathlib import Path
+from typing import Any
 from backlight.runs import run
 folder, out = sys.argv[1], sys.argv[2]
 summary = run(folder, out=out, model="demo", methods="grad_cam", batch_size=32, workers=1,
@@ -186,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", help="append the tables to this Markdown file")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.ray:  # started once, as on a cluster: the runs find it and leave it running
+        import ray
+
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     lines = ["\n### backlight run (a data set)\n", stamp("runs.py", argv)]
     lines += throughput(args, "demo", args.demo_images, 64)
     lines += throughput(args, "resnet50", args.resnet_images, 224)
