@@ -7,12 +7,13 @@ pointing game, which runs without torch.
 from __future__ import annotations
 
 import numbers
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .._arrays import is_array as is_array  # re-exported to the pointing game and similarity
+from .._arrays import is_tensor as is_tensor
 from ..errors import InputError, InputTypeError, OptionError
 
 if TYPE_CHECKING:
@@ -34,19 +35,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_checks, _CHECKS[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def is_tensor(value: Any) -> bool:
-    """A torch tensor (without importing torch: if it is not imported, nothing is one)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
-def is_array(value: Any) -> bool:
-    """A NumPy array, or an array of another library that converts to one (JAX)."""
-    return isinstance(value, np.ndarray) or (
-        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "ndim")
-    )
 
 
 def as_numpy(value: Any) -> npt.NDArray[Any]:

@@ -237,6 +237,7 @@ def run(
                 workers=workers,
                 on_batch=overlays(Path(out)) if png else None,
             )
+        writer.bar.close()  # already closed, unless an engine had nothing to do
         errors = store.gather_errors()
         total_rows = store.count_rows()
         summary = RunSummary(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -19,6 +18,8 @@ from PIL import Image
 if TYPE_CHECKING:  # torch is optional here: the visualisation serves backlight.jax too
     import torch
 
+from .._arrays import is_array as _is_array
+from .._arrays import is_tensor as is_tensor  # also for the other viz modules
 from ..errors import InputError, InputTypeError, OptionError
 
 #: An image: a float tensor (3, H, W) in [0, 1] (or uint8), a numpy array (H, W, 3) of uint8 or of
@@ -36,19 +37,6 @@ F64: TypeAlias = npt.NDArray[np.float64]
 
 # Float images may overshoot [0, 1] a little (bicubic resizing, un-normalising in float32).
 _RANGE_SLACK = 0.01
-
-
-def is_tensor(value: Any) -> bool:
-    """A torch tensor (without importing torch: if it is not imported, nothing is one)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
-def _is_array(value: Any) -> bool:
-    """A NumPy array, or an array of another library that converts to one (JAX)."""
-    return isinstance(value, np.ndarray) or (
-        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "ndim")
-    )
 
 
 def _to_numpy(value: Any) -> npt.NDArray[Any]:
