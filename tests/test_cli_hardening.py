@@ -408,7 +408,10 @@ def test_a_second_run_replaces_files_and_keeps_others(tmp_path: Path, cat: Path)
 
 
 CHILD = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C's handling even when this test runs in the background, where the shell starts
+# processes with SIGINT ignored and they inherit that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 import backlight
 from backlight.cli import main

@@ -419,6 +419,9 @@ def test_killed_run_resumes_to_the_same_output(
     reference, whole = full_run
     out = tmp_path / "out"
     code = (
+        # Ctrl-C's handling even when the tests run in the background, where the shell starts
+        # processes with SIGINT ignored and they inherit that
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import torch; torch.set_num_threads(1)\n"
         "from backlight.runs import run\n"
         f"run({str(root)!r}, out={str(out)!r}, workers=0, part_images=16, **{COMMON!r})\n"
