@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from ..data.files import read_image
 from ..errors import DatasetError, OptionError
 from ._explain import Preprocess
@@ -57,8 +58,7 @@ def report(
     """
     from .. import viz
 
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise OptionError(f"`images` must be a positive int, not {images!r}")
+    images = check_positive_int("images", images)
     manifest = Store(out).manifest()
     if manifest is None:
         raise OptionError(f"{out} holds no run (no manifest.json); give the folder of a run")
