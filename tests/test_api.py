@@ -38,6 +38,8 @@ DOCUMENTED = {
     "vit_reshape",
     # a whole data set
     "run",
+    # ready targets (backlight.targets.Class, Sigmoid, Segmentation, Detection, ...)
+    "targets",
     # front ends
     "KerasModel",
     "load_keras",

@@ -259,8 +259,12 @@ def test_callable_target_and_non_logit_output() -> None:
     raw = rise(model, x, lambda out: out["logits"][:, 2], probability=None, **options)  # type: ignore[arg-type]
     expected = rise(model.net, x, 2, probability=None, **options)  # type: ignore[arg-type]
     torch.testing.assert_close(raw, expected)
-    with pytest.raises(backlight.OptionError, match=r"`probability='softmax'` needs .* logits"):
+    with pytest.raises(
+        backlight.OptionError, match=r"`probability='softmax'` with a callable .* logits.*dict"
+    ):
         rise(model, x, lambda out: out["logits"][:, 2], **options)  # type: ignore[arg-type]
+    # a class index reads the logits from the dict, so the softmax applies to them
+    torch.testing.assert_close(rise(model, x, 2, **options), rise(model.net, x, 2, **options))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ except ImportError:
     _torch = None
 
 if _torch is not None:
+    from . import targets as targets
     from ._checks import ForeignHookWarning
     from ._excitation import ExcitationBackpropContext
     from ._keras import KerasModel, load_keras
@@ -112,6 +113,7 @@ __all__ = [
     "run",
     "score_cam",
     "smooth_grad",
+    "targets",
     "vit_reshape",
     "xgrad_cam",
 ]

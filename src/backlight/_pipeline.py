@@ -34,7 +34,7 @@ from ._keras import channels_last
 from ._layers import check_hookable, is_input, resolve_layer
 from ._result import Explanation
 from ._state import explaining
-from ._targets import Probability, Scorer
+from ._targets import Probability, Scorer, logits_or_none
 from ._types import Layer, Reduce, Target
 from .errors import LayerError, MethodNotApplicableError
 
@@ -50,6 +50,8 @@ class Capture:
         gradient: d(sum of scores) / d(activation), or ``None`` when not asked for.
         layer: the dotted name of the layer, or ``None`` for the input.
         scorer: how the scores were read (the classes explained, or the callable).
+        reshape: what turned the layer's output into ``activation`` (a transformer's tokens
+            into a feature map), or ``None``.
     """
 
     output: Any
@@ -58,6 +60,7 @@ class Capture:
     gradient: torch.Tensor | None
     layer: str | None
     scorer: Scorer
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class _LayerProbe:
@@ -245,6 +248,11 @@ class Clean:
     scorer: Scorer
     writes_input: bool
 
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """The logits (N, K) of ``output``, or ``None`` for a model with none (a detector)."""
+        return logits_or_none(self.output)
+
 
 @contextlib.contextmanager
 def clean_pass(
@@ -283,9 +291,9 @@ def explanation(maps: torch.Tensor, capture: Capture | Pass, **extras: Any) -> E
     return Explanation.make(
         maps,
         layer=capture.layer,
-        targets=capture.scorer.classes,
+        targets=capture.scorer.explained,
         scores=capture.scores,
-        output=capture.output if isinstance(capture.output, torch.Tensor) else None,
+        output=logits_or_none(capture.output),
         **extras,
     )
 

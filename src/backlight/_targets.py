@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, TypeGuard
 
@@ -78,16 +79,129 @@ def _check_int64(value: int) -> None:
         )
 
 
-def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """The class index per sample, shape (N,), for a logit output of shape (N, K).
+def logits_of(output: Any) -> Any:
+    """The logit tensor of a model output that is not one: a dict or a Hugging Face
+    ``ModelOutput`` with ``logits`` (or a single tensor value), a tuple whose only 2-D tensor is
+    the logits (or a named tuple with ``logits``). Anything else, a tensor included, is returned
+    as it is (the checks that follow say what is wrong with it).
+
+    Raises:
+        TargetError: a dict or tuple with several candidate tensors and no ``logits``.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):  # ModelOutput, a named tuple, any object with .logits
+        return logits
+    if isinstance(output, Mapping):
+        if isinstance(output.get("logits"), torch.Tensor):
+            return output["logits"]
+        tensors = {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
+        raise TargetError(
+            f"the model returned a {type(output).__name__} with keys {list(output)!r} and none "
+            "is named 'logits', so which one holds the class scores is ambiguous; pass `target` "
+            "as a callable that picks the scores, e.g. target=lambda out: out['"
+            + str(next(iter(output), "key"))
+            + "'][:, 3], or a backlight.targets object"
+        )
+    if isinstance(output, tuple | list) and output:
+        matrices = [o for o in output if isinstance(o, torch.Tensor) and o.dim() == 2]
+        if len(matrices) == 1:
+            return matrices[0]
+        if len(matrices) > 1:
+            raise TargetError(
+                f"the model returned a {type(output).__name__} of {len(output)} items with "
+                f"{len(matrices)} tensors of shape (N, K), so which one holds the class scores "
+                "is ambiguous; pass `target` as a callable, e.g. target=lambda out: out[0][:, 3]"
+            )
+    return output
+
+
+def logits_or_none(output: Any) -> torch.Tensor | None:
+    """The logits (N, K) of an output (:func:`logits_of`), or ``None`` when it has none."""
+    try:
+        logits = logits_of(output)
+    except TargetError:
+        return None
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+        return logits
+    return None
+
+
+class Objective:
+    """A ready target: what to explain, as an object rather than class indices (the public
+    classes are in :mod:`backlight.targets`).
+
+    The pipeline calls :meth:`bind` once with the output for the input as given (where a target
+    can fix what depends on it, such as a segmentation mask from the model's own prediction, and
+    check its arguments), then :meth:`scores` with the output of every batch the method runs:
+    the input itself, or masked, blurred or noisy versions of its samples (``rows[j]`` is the
+    sample that item ``j`` is a version of). An objective defines the score completely, so a
+    method's ``probability`` option does not apply to it.
+    """
+
+    #: (N,) the class explained for each sample, when the objective has one (for the result's
+    #: ``targets``); set by :meth:`bind`.
+    classes: torch.Tensor | None = None
+    bound: bool = False
+
+    def bind(self, output: Any, samples: int) -> Objective:
+        """This objective fixed for the ``samples`` inputs whose output is ``output``: a bound
+        copy (made by :meth:`_bind`), or itself when it is bound already, so that a method
+        passing a bound objective on to another keeps what the input as given fixed."""
+        if self.bound:
+            return self
+        bound = self._bind(output, samples)
+        bound.bound = True
+        return bound
+
+    def _bind(self, output: Any, samples: int) -> Objective:
+        return copy.copy(self)
+
+    def scores(self, output: Any, rows: torch.Tensor | None) -> torch.Tensor:
+        """(B,) scores of a batch (``rows``: the sample of each item; ``None``: the N samples)."""
+        raise NotImplementedError
+
+    def indices(self) -> Target | None:
+        """Class indices that mean the same as this objective (``targets.Class``), or ``None``."""
+        return None
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        """The scores of the N samples' output, once bound: a callable target like any other."""
+        return self.scores(output, None)
+
+    def take(self, rows: torch.Tensor) -> Objective:
+        """This bound objective for a batch whose sample ``j`` is sample ``rows[j]`` of the
+        input it was bound to (SmoothGrad's noisy copies, explained in chunks)."""
+        return _Taken(self, rows)
+
+
+class _Taken(Objective):
+    """A bound objective seen through a choice of its samples (:meth:`Objective.take`)."""
+
+    def __init__(self, base: Objective, rows: torch.Tensor) -> None:
+        assert base.bound, "take() needs a bound objective"
+        self.base, self.rows, self.bound = base, rows, True
+        self.classes = None if base.classes is None else base.classes[rows.to(base.classes.device)]
+
+    def scores(self, output: Any, rows: torch.Tensor | None) -> torch.Tensor:
+        return self.base.scores(output, self.rows if rows is None else self.rows[rows])
+
+
+def class_indices(output: Any, target: Target) -> torch.Tensor:
+    """The class index per sample, shape (N,), for a logit output of shape (N, K) (or an output
+    that holds one, :func:`logits_of`).
 
     ``None`` picks each sample's highest-scoring class.
     """
-    n, k = _logits_shape(output)
+    logits: torch.Tensor = logits_of(output)
+    n, k = _logits_shape(logits)
     if target is None:
         with torch.inference_mode(False):
-            return output.detach().argmax(dim=1)
-    indices = per_sample(target, n, output.device)
+            return logits.detach().argmax(dim=1)
+    indices = per_sample(target, n, logits.device)
     bad = (indices < 0) | (indices >= k)
     if bool(bad.any()):
         first = int(indices[bad][0])
@@ -99,7 +213,10 @@ def class_indices(output: torch.Tensor, target: Target) -> torch.Tensor:
 
 
 def is_score_function(target: Any) -> TypeGuard[Callable[[Any], torch.Tensor]]:
-    """Whether ``target`` is a callable ``output -> (N,) scores`` rather than class indices."""
+    """Whether ``target`` is a callable ``output -> (N,) scores`` (or an :class:`Objective`)
+    rather than class indices."""
+    if isinstance(target, Objective):
+        return target.indices() is None
     return callable(target) and not isinstance(target, torch.Tensor)
 
 
@@ -136,6 +253,7 @@ def to_probability(output: Any, probability: Probability) -> Any:
     """Softmax or sigmoid of logits (N, classes), or the output unchanged for ``None``."""
     if probability is None:
         return output
+    output = logits_of(output)
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise OptionError(
@@ -164,6 +282,7 @@ class Scorer:
         probability: ``"softmax"``, ``"sigmoid"`` or ``None``: how outputs become scores.
         contrastive: score the class's margin over the best other class.
         every_class: score every class: (B, K) instead of (B,).
+        objective: a ready target (:class:`Objective`), bound to the input as given.
     """
 
     samples: int
@@ -172,6 +291,12 @@ class Scorer:
     probability: Probability = None
     contrastive: bool = False
     every_class: bool = False
+    objective: Objective | None = None
+
+    @property
+    def explained(self) -> torch.Tensor | None:
+        """(N,) the class explained for each sample, when there is one."""
+        return self.objective.classes if self.objective is not None else self.classes
 
     @staticmethod
     def resolve(
@@ -185,8 +310,23 @@ class Scorer:
     ) -> Scorer:
         """The scorer of ``target`` for ``output``, the output of the ``samples`` inputs:
         ``None`` picks each sample's top class; ``"all"`` (where ``every_class`` allows it)
-        every class; a callable is called and its result checked."""
+        every class; a callable is called and its result checked; an :class:`Objective` is
+        bound to ``output`` and defines the score itself (``probability`` does not apply)."""
         probability = check_probability(probability)
+        if isinstance(target, Objective):
+            same = target.indices()
+            if same is not None:
+                target = same
+            else:
+                if contrastive:
+                    raise OptionError(
+                        "`contrastive=True` needs class indices as `target`, not "
+                        f"{type(target).__name__}; use backlight.targets.Margin for a contrast"
+                    )
+                bound = target.bind(output, samples)
+                scorer = Scorer(samples, objective=bound)
+                callable_scores(bound, output, samples)  # checks the scores on the input
+                return scorer
         if isinstance(target, str) and target == "all" and every_class:
             scores = to_probability(output, probability)
             if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
@@ -210,6 +350,21 @@ class Scorer:
         """The scores of a batch whose item ``j`` is a version of sample ``rows[j]``; without
         ``rows`` the batch is the N samples in order. (B,), or (B, K) for every class."""
         count = self.samples if rows is None else int(rows.shape[0])
+        objective = self.objective
+        if objective is not None:
+            return callable_scores(lambda out: objective.scores(out, rows), output, count)
+        if (
+            self.function is not None
+            and self.probability is not None
+            and not isinstance(output, torch.Tensor)
+        ):
+            # the callable was written for the output it sees, not for its logits' softmax
+            raise OptionError(
+                f"`probability={self.probability!r}` with a callable `target` needs a model "
+                f"that returns logits (N, classes), but it returned {type(output).__name__}; "
+                "pass probability=None (the callable then gets the output as it is), or a "
+                "class index as `target` (the logits are read from the output)"
+            )
         values = to_probability(output, self.probability)
         if self.function is not None:
             return callable_scores(self.function, values, count)
@@ -218,7 +373,7 @@ class Scorer:
             return every
         assert self.classes is not None
         classes = self.classes if rows is None else self.classes[rows]
-        logits: torch.Tensor = values
+        logits: torch.Tensor = logits_of(values)
         if logits.dim() != 2 or logits.shape[0] != count:
             raise TargetError(
                 f"the model returned shape {tuple(logits.shape)} for a batch of {count} images; "

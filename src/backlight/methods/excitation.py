@@ -27,6 +27,7 @@ from .._result import Explanation
 from .._state import Arguments
 from .._types import Layer, Target
 from ..errors import MethodNotApplicableError
+from ..targets import Margin
 
 __all__ = ["contrastive_excitation_backprop", "excitation_backprop"]
 
@@ -51,6 +52,12 @@ class ExcitationMethod(Protocol):
 def _excited(compute: Compute, name: str, a: Arguments) -> Explanation:
     """An excitation method: ``compute`` under the excitation rules, then the resize."""
     resize = check_flag("resize", a["resize"])
+    if isinstance(a["target"], Margin):
+        raise MethodNotApplicableError(
+            f"{name} propagates a top-down probability, which must not be negative, and "
+            "targets.Margin subtracts the best other class; explain the class (targets.Class) "
+            "or use contrastive_excitation_backprop, the excitation method for a contrast"
+        )
     maps, done = compute(a["model"], a["x"], a["target"], a["layer"], name)
     return explanation(resize_to(maps, a["x"]) if resize else maps, done)
 

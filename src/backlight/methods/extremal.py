@@ -189,9 +189,9 @@ def extremal_perturbation(
     masks = mask.view(n, a, *x.shape[-2:]).clone()
     return Explanation.make(
         masks,
-        targets=clean.scorer.classes,
+        targets=clean.scorer.explained,
         scores=scores.clone(),
-        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
+        output=clean.logits,
         masks=masks,
         history=history.view(n, a, 2, problem.max_iter).cpu(),
         areas=problem.areas,

@@ -306,9 +306,9 @@ def integrated_gradients(
     delta = attr.sum(dim=tuple(range(1, x.dim()))) - (score_x - score_b).to(attr)
     return Explanation.make(
         reduce_channels(attr.to(x.dtype), reduce),
-        targets=scorer.classes,
+        targets=scorer.explained,
         scores=score_x,
-        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
+        output=clean.logits,
         delta=delta.to(x.dtype),
         baseline=b,
     )
@@ -460,7 +460,7 @@ def _expected_gradients(
         scores = scorer(clean.output)
     return Explanation.make(
         reduce_channels(total.to(x.dtype), reduce),
-        targets=scorer.classes,
+        targets=scorer.explained,
         scores=scores,
-        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
+        output=clean.logits,
     )

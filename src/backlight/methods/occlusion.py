@@ -143,7 +143,7 @@ def occlusion(
                     bar.update(1)
     return Explanation.make(
         (total / count).to(x.dtype)[:, None],
-        targets=scorer.classes,
+        targets=scorer.explained,
         scores=given,
-        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
+        output=clean.logits,
     )

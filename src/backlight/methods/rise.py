@@ -267,8 +267,8 @@ def rise(
             saliency /= masks.num_masks * masks.p
     return Explanation.make(
         saliency.reshape(n, -1, height, width).clone(),
-        targets=scorer.classes,
+        targets=scorer.explained,
         scores=None if scorer.every_class else given,
-        output=clean.output if isinstance(clean.output, torch.Tensor) else None,
+        output=clean.logits,
         num_masks=masks.num_masks,
     )

@@ -26,7 +26,7 @@ from .._pipeline import clean_pass, reduce_channels
 from .._registry import get_method, list_methods, register
 from .._result import Explanation
 from .._state import autograd_on
-from .._targets import is_score_function, per_sample
+from .._targets import Objective, is_score_function, per_sample
 from .._types import Target
 from ..errors import OptionError
 
@@ -131,7 +131,10 @@ def smooth_grad(
     reduce = _averaging(average, function, options)
 
     classes: Any
-    if is_score_function(target):
+    if isinstance(target, Objective):  # fixed on the input as given, not on each noisy copy
+        with clean_pass(model, x, target) as clean:
+            classes = clean.scorer.objective or clean.scorer.classes
+    elif is_score_function(target):
         classes = target
     elif target is None:  # the classes predicted for the input as given
         with clean_pass(model, x, None) as clean:
@@ -151,7 +154,10 @@ def smooth_grad(
         rows = torch.tensor([i for i, _ in chunk], device=x.device)
         draws = torch.tensor([j for _, j in chunk], device=x.device)
         noisy = x.detach()[rows] + spread[rows].view(-1, 1, 1, 1) * eps[draws]
-        chunk_target = classes if callable(classes) else classes[rows]
+        if isinstance(classes, Objective):
+            chunk_target: Any = classes.take(rows)
+        else:
+            chunk_target = classes if callable(classes) else classes[rows]
         maps = function(model, noisy, chunk_target, **options)
         if reduce is not None:
             maps = maps.abs()
@@ -164,7 +170,11 @@ def smooth_grad(
     return Explanation.make(
         reduce_channels(mean, reduce) if reduce is not None else mean,
         method="smooth_grad",
-        targets=None if callable(classes) else classes,
+        targets=classes.classes
+        if isinstance(classes, Objective)
+        else None
+        if callable(classes)
+        else classes,
         smoothed=smoothed,
     )
 
