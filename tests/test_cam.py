@@ -316,10 +316,12 @@ def test_default_layer_is_used_and_logged(tiny: TinyNet, caplog: pytest.LogCaptu
     torch.testing.assert_close(got, backlight.grad_cam(tiny, x, [1, 2], layer="relu6"))
 
 
-def test_default_layer_of_a_transformer_is_its_patch_embedding() -> None:
-    # The only 4-D output of a ViT is the patch embedding; a late block needs layer= and reshape=.
+def test_default_layer_of_a_transformer_is_its_last_block_norm() -> None:
+    # The layout of a ViT's tokens is read from the model, so the default is a late block (the
+    # one pytorch-grad-cam's ViT recipe names), not the patch embedding, its only 4-D output.
     model = torchvision_model("vit_b_16")
-    assert backlight.default_cam_layer(model, torch.randn(1, 3, 224, 224)) == "conv_proj"
+    x = torch.randn(1, 3, 224, 224)
+    assert backlight.default_cam_layer(model, x) == "encoder.layers.encoder_layer_11.ln_1"
 
 
 def test_no_default_layer_without_a_feature_map() -> None:

@@ -507,21 +507,34 @@ def test_linear_approx_at_the_input_is_torchrays_default() -> None:
 
 
 def test_channels_last_layer_output_is_refused_with_the_fix() -> None:
-    import torchvision
+    # A model without a patch embedding whose layer output looks (N, H, W, C): its layout cannot
+    # be read from the model (Swin's can, see test_beyond_classifiers), so it is refused.
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3, padding=1)
+            self.last = nn.Identity()
+            self.head = nn.Linear(32, 4)
 
-    swin = torchvision.models.swin_t(num_classes=10).eval()
-    x = torch.randn(1, 3, 224, 224)
-    before = _snapshot(swin)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.last(self.conv(x).permute(0, 2, 3, 1))  # (N, 6, 6, 32)
+            return self.head(t.mean(dim=(1, 2)))
+
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    x = torch.randn(1, 3, 6, 6)
+    before = _snapshot(model)
     for name in ("grad_cam", "layer_cam", "gradient"):
         with pytest.raises(
             backlight.LayerError, match=r"looks channels-last.*permute\(0, 3, 1, 2\)"
         ):
-            getattr(backlight, name)(swin, x, 1, layer="features.7")
-    _assert_unchanged(swin, before)
-    # with the layout given, the last norm's output is what the model's own permute returns
-    fixed = backlight.grad_cam(swin, x, 1, layer="norm", reshape=lambda t: t.permute(0, 3, 1, 2))
-    assert fixed.shape == (1, 1, 7, 7) and fixed.abs().sum() > 0
-    torch.testing.assert_close(fixed, backlight.grad_cam(swin, x, 1, layer="permute"))
+            getattr(backlight, name)(model, x, 1, layer="last")
+    _assert_unchanged(model, before)
+    # with the layout given, the map is the one of the convolution itself
+    for fix in (lambda t: t.permute(0, 3, 1, 2), "channels_last"):
+        fixed = backlight.grad_cam(model, x, 1, layer="last", reshape=fix)
+        assert fixed.shape == (1, 1, 6, 6) and fixed.abs().sum() > 0
+        torch.testing.assert_close(fixed, backlight.grad_cam(model, x, 1, layer="conv"))
 
 
 # --- threads --------------------------------------------------------------------------------

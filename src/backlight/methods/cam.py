@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from .._checks import check_flag, check_input, check_int, check_model, check_reduce, is_choice
+from .._keras import KerasModel
 from .._layers import default_cam_layer
+from .._layouts import named_reshape, read_layout, unreadable
 from .._pipeline import (
     Capture,
     explanation,
@@ -49,8 +51,10 @@ __all__ = [
 
 logger = logging.getLogger("backlight")
 
-#: Turns a layer's output into a feature map (N, K, h, w), e.g. :func:`vit_reshape`.
-Reshape = Callable[[torch.Tensor], torch.Tensor]
+#: Turns a layer's output into a feature map (N, K, h, w): a callable such as
+#: :func:`vit_reshape`, or a name: ``"auto"`` (the layout read from the model, as ``None``),
+#: ``"vit"``, ``"channels_last"``.
+Reshape = Callable[[torch.Tensor], torch.Tensor] | str
 
 
 def vit_reshape(tokens: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
@@ -96,27 +100,71 @@ def _layer_capture(
     context: Callable[[], Any] | None = None,
 ) -> Capture:
     """One pass capturing the layer's activation (and gradient), as feature maps (N, K, h, w);
-    the forward pass runs inside ``context()`` if given (a backward rule)."""
+    the forward pass runs inside ``context()`` if given (a backward rule). Without ``layer``,
+    the default one (:func:`default_cam_layer`); without ``reshape``, a transformer's token or
+    channels-last output is laid out as the model says (:mod:`backlight._layouts`)."""
+    reshape = named_reshape(reshape)
     if layer is None:
         model = check_model(model)
         x = check_input(x, model)  # run() checks them otherwise
         if reshape is not None:
             raise OptionError(
                 f"{method}: `reshape` is given but `layer` is not; name the layer whose output "
-                "it reshapes (for torchvision's ViT: 'encoder.layers.encoder_layer_11.ln_1')"
+                "it reshapes (for torchvision's ViT: 'encoder.layers.encoder_layer_11.ln_1'), "
+                "or leave both out for the default layer and its layout"
             )
         layer = default_cam_layer(model, x)
-        logger.info("%s: no `layer` given; using %r, the last spatial feature map", method, layer)
+        logger.info("%s: no `layer` given; using %r, the default CAM layer", method, layer)
     capture = run(model, x, target, layer=layer, gradient=gradient, method=method, context=context)
     activation, grad = capture.activation, capture.gradient
-    if reshape is not None:
-        activation = _reshaped(reshape, activation, capture.layer)
-        grad = _reshaped(reshape, grad, capture.layer) if grad is not None else None
-    require_feature_map(activation, capture.layer, reshaped=reshape is not None)
-    return replace(capture, activation=activation, gradient=grad)
+    layout = _layout(capture.layer, reshape, model, x, activation, method)
+    if layout is not None:
+        activation = _reshaped(layout, activation, capture.layer)
+        grad = _reshaped(layout, grad, capture.layer) if grad is not None else None
+    require_feature_map(activation, capture.layer, reshaped=layout is not None)
+    return replace(capture, activation=activation, gradient=grad, reshape=layout)
 
 
-def _reshaped(reshape: Reshape, tensor: torch.Tensor, layer: str | None) -> torch.Tensor:
+def _layout(
+    layer: str | None,
+    reshape: Callable[[torch.Tensor], torch.Tensor] | str | None,
+    model: nn.Module,
+    x: torch.Tensor,
+    activation: torch.Tensor,
+    method: str,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The function that lays the layer's output out as (N, K, h, w), or ``None`` for none."""
+    if callable(reshape):
+        return reshape
+    if reshape == "vit":
+        return vit_reshape
+    if reshape == "channels_last":
+        return _channels_first
+    if isinstance(model, KerasModel):
+        return None  # its probe gives feature maps already
+    shape = tuple(activation.shape)
+    found = read_layout(model, (x.shape[-2], x.shape[-1]), shape)
+    if found is None:
+        if activation.dim() == 3:
+            raise unreadable(model, layer, shape)
+        return None
+    if found.kind == "feature_map":
+        return None
+    logger.info("%s: reading the output of %r as %s", method, layer, found.describe(shape))
+    return found
+
+
+def _channels_first(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 4:
+        raise LayerError(
+            f"reshape='channels_last' needs a 4-D output (N, h, w, C), got {tuple(tensor.shape)}"
+        )
+    return tensor.permute(0, 3, 1, 2)
+
+
+def _reshaped(
+    reshape: Callable[[torch.Tensor], torch.Tensor], tensor: torch.Tensor, layer: str | None
+) -> torch.Tensor:
     out = reshape(tensor)
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != tensor.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -388,7 +436,8 @@ def guided_grad_cam(
     c = _layer_capture(model, x, target, layer=layer, reshape=reshape, method="guided_grad_cam")
     assert c.gradient is not None
     cam = _grad_cam_map(c.activation, c.gradient, c.scores).clamp(min=0)
-    classes = c.scorer.function or c.scorer.classes  # the classes Grad-CAM explained
+    # what Grad-CAM explained: the callable, the bound ready target or the classes
+    classes = c.scorer.function or c.scorer.objective or c.scorer.classes
     guided = guided_backprop(model, x, classes, reduce=None, clipped_relu=clipped_relu)
     return explanation(reduce_channels(guided * resize_to(cam, x), reduce), c)
 

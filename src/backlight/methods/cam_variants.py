@@ -7,6 +7,7 @@ gradient: one forward pass per channel, with that channel set to zero).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -231,7 +232,7 @@ def ablation_cam(
         what=f"`batch_size`={batch_size}: Ablation-CAM batches of ablated copies",
         fix="lower batch_size",
     )
-    y, ablated = _ablated_scores(model, x, c, active, reshape, batch_size, progress)
+    y, ablated = _ablated_scores(model, x, c, active, c.reshape, batch_size, progress)
     y = y[:, None]
     weights = torch.where(y != 0, (y - ablated) / torch.where(y != 0, y, 1.0), 0.0)
     maps = (weights[:, :, None, None] * a).sum(dim=1, keepdim=True)
@@ -243,7 +244,7 @@ def _ablated_scores(
     x: torch.Tensor,
     c: Capture,
     active: torch.Tensor,
-    reshape: Reshape | None,
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None,
     batch_size: int,
     progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +322,11 @@ class _Ablation:
     """
 
     def __init__(
-        self, reshape: Reshape | None, shape: tuple[int, ...], *, keras: bool = False
+        self,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None,
+        shape: tuple[int, ...],
+        *,
+        keras: bool = False,
     ) -> None:
         self.reshape = reshape
         self.shape = shape  # (K, h, w) of the feature map
