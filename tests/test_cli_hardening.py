@@ -28,13 +28,6 @@ from backlight.cli._outputs import FIXED_NAMES, MAX_NAME_BYTES, file_stems
 FAST = ["--model", "resnet18", "--weights", "random", "--size", "32", "--quiet"]
 
 
-@pytest.fixture
-def cat(tmp_path: Path) -> Path:
-    path = tmp_path / "chelsea.jpg"
-    Image.fromarray(data.chelsea()).save(path, quality=90)
-    return path
-
-
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
@@ -90,9 +83,10 @@ def _explain_cases(tmp_path: Path) -> list[tuple[list[str], int, str]]:
         models,
         "dict",
         """
-        class D(Net):
+        class D(Net):  # a dict with "logits" is read; two (N, K) entries are not logits
             def forward(self, x):
-                return {"logits": super().forward(x)}
+                out = super().forward(x)
+                return {"a": out, "b": out}
 
         def build():
             return D()
@@ -133,7 +127,7 @@ def _explain_cases(tmp_path: Path) -> list[tuple[list[str], int, str]]:
         (["--model", good.replace(":build", ":missing")], 2, "has no callable 'missing'"),
         (["--model", str(tmp_path / "nowhere.py") + ":build"], 1, "model file not found"),
         (["--model", "resnet5O"], 2, "unknown model 'resnet5O'; did you mean"),
-        (["--model", returns_dict, "--size", "16"], 1, "does not return logits"),
+        (["--model", returns_dict, "--size", "16"], 1, "returned dict: neither logits"),
         (["--model", crashes, "--size", "16"], 1, "the model raised RuntimeError on the images"),
         (["--model", good, "--classes", str(tmp_path / "none.txt")], 1, "classes file not found"),
         (["--model", good, "--classes", str(latin)], 1, "cannot read --classes .* as UTF-8"),

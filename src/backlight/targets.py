@@ -142,26 +142,7 @@ class Segmentation(Objective):
         self.region: torch.Tensor | None = None
 
     def _segments(self, output: Any) -> torch.Tensor:
-        out = output
-        if isinstance(output, Mapping) and not isinstance(output.get("logits"), torch.Tensor):
-            key = self.key or "out"
-            if key not in output:
-                raise TargetError(
-                    f"Segmentation: the model returned keys {list(output)!r} without {key!r}; "
-                    "pass key= naming the entry that holds the (N, K, H, W) class scores"
-                )
-            out = output[key]
-        elif self.key is not None:
-            out = output[self.key]
-        else:
-            out = logits_of(output)
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TargetError(
-                f"Segmentation needs an output of class scores (N, K, H, W), got {got}; "
-                "for another layout pass a callable target"
-            )
-        return out
+        return segmentation_scores(output, self.key)
 
     def _bind(self, output: Any, samples: int) -> Objective:
         out = self._segments(output)
@@ -202,6 +183,31 @@ class Segmentation(Objective):
 
     def __repr__(self) -> str:
         return f"Segmentation({self.category!r}, mask={'given' if self.mask is not None else None})"
+
+
+def segmentation_scores(output: Any, key: str | None = None) -> torch.Tensor:
+    """The class scores (N, K, H, W) of a segmentation output: the tensor itself, the ``key``
+    entry of a dict (default ``"out"``, torchvision's) or its ``logits`` (Hugging Face's)."""
+    out = output
+    if isinstance(output, Mapping) and not isinstance(output.get("logits"), torch.Tensor):
+        key = key or "out"
+        if key not in output:
+            raise TargetError(
+                f"Segmentation: the model returned keys {list(output)!r} without {key!r}; "
+                "pass key= naming the entry that holds the (N, K, H, W) class scores"
+            )
+        out = output[key]
+    elif key is not None:
+        out = output[key]
+    else:
+        out = logits_of(output)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TargetError(
+            f"Segmentation needs an output of class scores (N, K, H, W), got {got}; "
+            "for another layout pass a callable target"
+        )
+    return out
 
 
 def _region(mask: Any, samples: int, device: torch.device) -> torch.Tensor:
@@ -254,7 +260,7 @@ class Detection(Objective):
         self.boxes: torch.Tensor | None = None
 
     def _bind(self, output: Any, samples: int) -> Objective:
-        _detections(output, 0)  # the output's type, checked
+        detections_of(output, 0)  # the output's type, checked
         bound = super()._bind(output, samples)
         boxes = torch.as_tensor(self.box, dtype=torch.float64)
         if boxes.dim() == 1:
@@ -276,7 +282,7 @@ class Detection(Objective):
         samples = list(range(self.boxes.shape[0])) if rows is None else rows.tolist()
         values = []
         for j, i in enumerate(samples):
-            found = _detections(output, j)
+            found = detections_of(output, j)
             values.append(
                 self._best(
                     found, self.boxes[i], None if self.classes is None else int(self.classes[i])
@@ -306,7 +312,9 @@ class Detection(Objective):
         return f"Detection({self.box!r}, label={self.label!r})"
 
 
-def _detections(output: Any, j: int) -> Mapping[str, torch.Tensor]:
+def detections_of(output: Any, j: int) -> Mapping[str, torch.Tensor]:
+    """Image ``j``'s detections in a detector's output (a list of dicts with ``boxes``,
+    ``labels`` and ``scores``), or a :class:`TargetError` saying what the output is."""
     if not (
         isinstance(output, Sequence)
         and len(output) > j
@@ -335,7 +343,7 @@ def detections(
     if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] != 1:
         raise OptionError(f"detections() takes one image (1, C, H, W), got {tuple(x.shape)}")
     with clean_pass(model, x, lambda out: torch.zeros(1)) as clean:
-        found = _detections(clean.output, 0)
+        found = detections_of(clean.output, 0)
     keep = (found["scores"] >= min_score).nonzero()[:, 0]
     order = keep[found["scores"][keep].argsort(descending=True)]
     labels = found.get("labels")

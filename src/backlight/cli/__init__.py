@@ -25,15 +25,14 @@ from ._explain import (
     Job,
     compute,
     load_images,
-    logits_of,
     parse_methods,
     parse_settings,
-    parse_target,
     write,
 )
 from ._models import load_model
 from ._outputs import file_stems, staged
 from ._run import add_commands, report_command, run_command
+from ._targets import model_output, parse_target_spec, read_task
 
 __all__ = ["main"]
 
@@ -58,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         default="grad_cam,guided_backprop",
         help="comma-separated method names, or 'all' (see `backlight methods`)",
     )
-    explain.add_argument("--target", help="class index or name; default: each image's top class")
+    explain.add_argument(
+        "--target",
+        help="a class index or name (default: each image's top class); prob:C, sigmoid:C, "
+        "margin:C for a classifier; C or seg:C for a segmentation model (its pixels of C); C or "
+        "box:x0,y0,x1,y1[:C] for a detector (the detection matching the box, in input pixels)",
+    )
     explain.add_argument(
         "--layer", help="layer for CAM and excitation methods (see `backlight layers`)"
     )
@@ -108,8 +112,10 @@ def _model_options(parser: argparse.ArgumentParser, weights: str = "DEFAULT") ->
     parser.add_argument(
         "--model",
         default="resnet50",
-        help="torchvision or timm name, path/to/file.py:factory, keras:VGG16 (keras.applications), "
-        "model.keras, or demo (the shipped demo network) (default resnet50)",
+        help="torchvision or timm name (torchvision's segmentation and detection models too: "
+        "fcn_resnet50, deeplabv3_*, fasterrcnn_*, retinanet_*, ssd*), path/to/file.py:factory, "
+        "keras:VGG16 (keras.applications), model.keras, or demo (the shipped demo network) "
+        "(default resnet50)",
     )
     parser.add_argument(
         "--weights",
@@ -144,8 +150,14 @@ def _explain(args: argparse.Namespace) -> int:
     names, shown, x = load_images(args.images, loaded.preprocess)
     categories = _categories(args, loaded.categories)
     with torch.inference_mode():
-        classes = int(logits_of(loaded.model, x[:1]).shape[1])
-    if args.classes and categories is not None and len(categories) != classes:
+        task = read_task(model_output(loaded.model, x[:1]), categories)
+    classes = task.classes
+    if (
+        args.classes
+        and categories is not None
+        and classes is not None
+        and len(categories) != classes
+    ):
         raise UsageError(
             f"--classes {args.classes} has {len(categories)} names, but the model has {classes} "
             "classes; give one name per class, in the order of the model's outputs"
@@ -157,7 +169,7 @@ def _explain(args: argparse.Namespace) -> int:
         x=x,
         categories=categories,
         methods=methods,
-        target=parse_target(args.target, categories, classes),
+        target=parse_target_spec(args.target, task, categories),
         layer=args.layer,
         quick=args.quick,
         progress=not args.quiet,

@@ -29,8 +29,11 @@ from ..errors import (
     OptionError,
     TargetError,
 )
+from ..targets import Target
 from ._errors import Failure, UsageError
 from ._outputs import staged
+from ._targets import TargetSpec, choose_targets, class_index, model_output, read_task
+from ._targets import predictions as top_predictions
 
 
 def parse_methods(text: str) -> list[MethodInfo]:
@@ -120,34 +123,7 @@ def _setting_value(text: str) -> Any:
 
 def parse_target(text: str | None, categories: Sequence[str] | None, classes: int) -> int | None:
     """An index, or a class name (case-insensitive; a unique prefix or substring will do)."""
-    if text is None:
-        return None
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < classes:
-            raise UsageError(
-                f"--target {index} is out of range: the model has {classes} classes (0 to "
-                f"{classes - 1})"
-            )
-        return index
-    if not categories:
-        raise UsageError(
-            f"--target {text!r} is a name, but this model's class names are unknown; give an "
-            "index (or --classes FILE with one name per line)"
-        )
-    lowered = [c.lower() for c in categories]
-    wanted = text.lower()
-    if wanted in lowered:
-        return lowered.index(wanted)
-    partial = [i for i, c in enumerate(lowered) if wanted in c]
-    if len(partial) == 1:
-        return partial[0]
-    close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
-    if partial:
-        options = ", ".join(repr(categories[i]) for i in partial[:6])
-        raise UsageError(f"--target {text!r} matches several classes: {options}")
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UsageError(f"--target {text!r} is not a class of this model{hint}")
+    return None if text is None else class_index(text, categories, classes)
 
 
 def load_images(
@@ -182,7 +158,7 @@ class Job:
     x: torch.Tensor
     categories: list[str] | None
     methods: list[MethodInfo]
-    target: int | None = None
+    target: TargetSpec | None = None
     layer: str | None = None
     quick: bool = False
     progress: bool = True
@@ -197,7 +173,7 @@ class Result:
     settings: dict[str, dict[str, Any]]
     times: dict[str, float]
     predictions: list[list[tuple[str, float]]]
-    targets: list[int]
+    targets: list[int] | Target
 
 
 def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
@@ -211,22 +187,15 @@ def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
     )
 
 
-def _class_name(categories: Sequence[str] | None, index: int) -> str:
-    return categories[index] if categories and index < len(categories) else f"class {index}"
-
-
 def compute(job: Job) -> Result:
     with torch.inference_mode():
-        logits = logits_of(job.model, job.x)
-    classes = logits.shape[1]
-    categories = job.categories if job.categories and len(job.categories) == classes else None
-    probabilities = logits.softmax(dim=1)
-    top = probabilities.topk(min(5, classes), dim=1)
-    predictions = [
-        [(_class_name(categories, int(i)), float(p)) for p, i in zip(ps, ix, strict=True)]
-        for ps, ix in zip(top.values, top.indices, strict=True)
-    ]
-    targets = [job.target] * len(job.names) if job.target is not None else logits.argmax(1).tolist()
+        output = model_output(job.model, job.x)
+    task = read_task(output, job.categories)
+    categories = job.categories
+    if categories and task.classes is not None and len(categories) != task.classes:
+        categories = None
+    predictions = top_predictions(output, task, categories)
+    targets = choose_targets(job.target, output, task, categories, job.names)
     maps: dict[str, torch.Tensor] = {}
     settings: dict[str, dict[str, Any]] = {}
     times: dict[str, float] = {}
@@ -250,21 +219,6 @@ def compute(job: Job) -> Result:
         maps[method.name] = tensor.detach().float().cpu()
         settings[method.name] = {k: v for k, v in options.items() if k != "progress"}
     return Result(maps, settings, times, predictions, targets)
-
-
-def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's logits (N, classes) for ``x`` (a copy: the model may write into it)."""
-    try:
-        logits = model(x.clone())
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        shape = "x".join(str(d) for d in x.shape[1:])
-        raise Failure(
-            f"the model raised {type(e).__name__} on the images ({shape}): {e}; check --size "
-            "and that the model takes 3-channel images"
-        ) from e
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise Failure("the model does not return logits (N, classes); explain it from Python")
-    return logits
 
 
 def write(job: Job, result: Result, out: Path) -> list[Path]:

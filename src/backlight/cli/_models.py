@@ -65,7 +65,44 @@ class LoadedModel:
 
 
 def _torchvision_names() -> list[str]:
-    return list(torchvision.models.list_models(module=torchvision.models))
+    return list(torchvision.models.list_models(module=torchvision.models)) + _dense_names()
+
+
+def _dense_names() -> list[str]:
+    """torchvision's segmentation and detection models."""
+    models = torchvision.models
+    return list(models.list_models(module=models.segmentation)) + list(
+        models.list_models(module=models.detection)
+    )
+
+
+def _build(name: str, weights: Any) -> nn.Module:
+    """torchvision's ``name`` with ``weights``; a segmentation model or detector without them
+    gets a random backbone too (its default, ImageNet weights, would be downloaded)."""
+    if weights is None and name in _dense_names():
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+    else:
+        model = torchvision.models.get_model(name, weights=weights)
+    assert isinstance(model, nn.Module)
+    return model
+
+
+def _torchvision_preprocess(name: str, transforms: Any, size: int | None) -> Preprocess:
+    """The weights' recipe: a classifier's resize and crop, a segmentation model's resize (to a
+    square here, so that images stack), a detector's pixels in [0, 1] (it resizes and
+    normalises inside; made square here, 512 pixels unless ``--size`` says otherwise)."""
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
+        side = size if size is not None else 512
+        return Preprocess(resize=side, crop=side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    resize = getattr(transforms, "resize_size", None) or [256]
+    crop = getattr(transforms, "crop_size", None) or resize
+    return Preprocess(
+        resize=size if size is not None else int(resize[0]),
+        crop=size if size is not None else int(crop[0]),
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        interpolation=transforms.interpolation,
+    )
 
 
 def _timm() -> Any:
@@ -171,22 +208,15 @@ def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
     enum = torchvision.models.get_model_weights(name)
     default = enum.DEFAULT
     categories = list(default.meta.get("categories") or []) or None
-    transforms = default.transforms()
-    preprocess = Preprocess(
-        resize=size if size is not None else int(transforms.resize_size[0]),
-        crop=size if size is not None else int(transforms.crop_size[0]),
-        mean=tuple(transforms.mean),
-        std=tuple(transforms.std),
-        interpolation=transforms.interpolation,
-    )
+    preprocess = _torchvision_preprocess(name, default.transforms(), size)
     if weights == "random":
         torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None)
+        model = _build(name, None)
         return LoadedModel(model.eval(), name, "random", categories, preprocess)
     if weights == "DEFAULT" or weights in enum.__members__:
         chosen = default if weights == "DEFAULT" else enum[weights]
         try:
-            model = torchvision.models.get_model(name, weights=chosen)
+            model = _build(name, chosen)
         except (urllib.error.URLError, OSError, RuntimeError) as e:
             raise Failure(
                 f"could not get the {chosen} weights of {name} ({e}); without a network, pass "
@@ -195,7 +225,7 @@ def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
             ) from e
         categories = list(chosen.meta.get("categories") or []) or categories
         return LoadedModel(model.eval(), name, str(chosen), categories, preprocess)
-    model = torchvision.models.get_model(name, weights=None)
+    model = _build(name, None)
     load_state_file(model, weights)
     return LoadedModel(model.eval(), name, weights, categories, preprocess)
 
