@@ -9,10 +9,13 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from PIL import Image
+from skimage import data
 from torch import nn
 
 import backlight
@@ -30,6 +33,22 @@ def _no_leaked_rule_modes():
     """No test may leave a backward-rule mode on this thread's torch-function stack."""
     yield
     assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.fixture
+def cat(tmp_path: Path) -> Path:
+    """skimage's chelsea as a JPEG file, as a user's photo (451 x 300)."""
+    path = tmp_path / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def coffee(tmp_path: Path) -> Path:
+    """skimage's coffee as a PNG file (600 x 400)."""
+    path = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(path)
+    return path
 
 
 @pytest.fixture

@@ -83,3 +83,19 @@ class Raises(nn.Module):
         if self.fail:
             raise RuntimeError("boom in forward")
         return self.fc(h.mean(dim=(2, 3)))
+
+
+def tiny_detector() -> nn.Module:
+    """torchvision's smallest Faster R-CNN with random weights, on 64 px images, keeping every
+    detection (a random detector scores none above the usual threshold)."""
+    import torchvision
+
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=5,
+        min_size=64,
+        max_size=64,
+        box_score_thresh=0.0,
+    )
+    return model.eval()

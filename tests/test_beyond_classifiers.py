@@ -20,10 +20,22 @@ from backlight import targets as T
 from backlight.errors import LayerError, MethodNotApplicableError, OptionError
 
 from .conftest import explain, methods_with
+from .nets import tiny_detector
 from .test_guarantees import _assert_unchanged, _snapshot
 from .test_targets import _their_grad_cam
 
 transformers = pytest.importorskip("transformers")
+
+#: A two-block Hugging Face ViT (or DeiT) on 32 px images: 4 x 4 patches of 8 pixels.
+HF_VIT = {
+    "image_size": 32,
+    "patch_size": 8,
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "num_labels": 10,
+}
 
 
 def _random_head(model: nn.Module) -> nn.Module:
@@ -99,31 +111,11 @@ def _model(name: str) -> tuple[nn.Module, int]:
             56,
         ),
         "hf-vit": (
-            lambda: hf.ViTForImageClassification(
-                hf.ViTConfig(
-                    image_size=32,
-                    patch_size=8,
-                    num_hidden_layers=2,
-                    hidden_size=32,
-                    num_attention_heads=2,
-                    intermediate_size=64,
-                    num_labels=10,
-                )
-            ),
+            lambda: hf.ViTForImageClassification(hf.ViTConfig(**HF_VIT)),
             32,
         ),
         "hf-deit": (
-            lambda: hf.DeiTForImageClassificationWithTeacher(
-                hf.DeiTConfig(
-                    image_size=32,
-                    patch_size=8,
-                    num_hidden_layers=2,
-                    hidden_size=32,
-                    num_attention_heads=2,
-                    intermediate_size=64,
-                    num_labels=10,
-                )
-            ),
+            lambda: hf.DeiTForImageClassificationWithTeacher(hf.DeiTConfig(**HF_VIT)),
             32,
         ),
         "hf-swin": (
@@ -299,14 +291,7 @@ def _kind(kind: str) -> tuple[nn.Module, torch.Tensor, object]:
             weights=None, weights_backbone=None, num_classes=4
         ).eval()
         return model, torch.randn(1, 3, 64, 64), T.Segmentation(int(_top_class(model)))
-    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=5,
-        min_size=64,
-        max_size=64,
-        box_score_thresh=0.0,
-    ).eval()
+    model = tiny_detector()
     x = torch.rand(1, 3, 64, 64)
     return model, x, T.detections(model, x, min_score=0.0)[0]
 

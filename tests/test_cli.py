@@ -23,20 +23,6 @@ from backlight.cli._explain import _setting_value
 FAST = ["--model", "resnet18", "--weights", "random", "--size", "64", "--quiet"]
 
 
-@pytest.fixture
-def cat(tmp_path: Path) -> Path:
-    path = tmp_path / "chelsea.jpg"
-    Image.fromarray(data.chelsea()).save(path, quality=90)
-    return path
-
-
-@pytest.fixture
-def coffee(tmp_path: Path) -> Path:
-    path = tmp_path / "coffee.png"
-    Image.fromarray(data.coffee()).save(path)
-    return path
-
-
 def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 

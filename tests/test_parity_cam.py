@@ -9,6 +9,7 @@ Grad-CAM++ adds 1e-6 to a denominator, and Score-CAM upsamples with ``align_corn
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -62,9 +63,21 @@ def _pgc_raw(
 ) -> torch.Tensor:
     """pytorch-grad-cam's map before its normalisation: ReLU(Σ_k w_k A_k) at the layer."""
     module = dict(model.named_modules())[layer]
-    cam = cls(model, [module])
+    return pgc_raw(cls, model, module, x, [ClassifierOutputTarget(t) for t in targets])
+
+
+def pgc_raw(
+    cls: type,
+    model: nn.Module,
+    module: nn.Module,
+    x: torch.Tensor,
+    wanted: list,
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """pytorch-grad-cam's CAM ``cls`` before its normalisation, for its own target objects
+    ``wanted`` and its ``reshape_transform``."""
+    cam = cls(model, [module], reshape_transform=reshape)
     try:
-        wanted = [ClassifierOutputTarget(t) for t in targets]
         outputs = cam.activations_and_grads(x)
         grads = None
         if cam.uses_gradients:

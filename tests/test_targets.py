@@ -16,6 +16,7 @@ from backlight import targets as T
 from backlight.errors import MethodNotApplicableError, TargetError
 
 from .conftest import explain, methods_with
+from .nets import tiny_detector
 
 
 class Linear(nn.Module):
@@ -331,20 +332,9 @@ def _their_grad_cam(
     """pytorch-grad-cam's Grad-CAM before its normalisation, for its own target objects."""
     from pytorch_grad_cam import GradCAM
 
-    from .test_parity_cam import _clear
+    from .test_parity_cam import pgc_raw
 
-    cam = GradCAM(model, [module], reshape_transform=reshape)
-    try:
-        outputs = cam.activations_and_grads(x)
-        model.zero_grad()
-        sum(w(o) for w, o in zip(wanted, outputs, strict=True)).backward()
-        grads = cam.activations_and_grads.gradients[0].numpy()
-        acts = cam.activations_and_grads.activations[0].numpy()
-        raw = cam.get_cam_image(x, module, wanted, acts, grads, False)
-    finally:
-        cam.activations_and_grads.release()
-        _clear(model)
-    return torch.from_numpy(np.maximum(raw, 0))[:, None]
+    return pgc_raw(GradCAM, model, module, x, wanted, reshape)
 
 
 class _Out(nn.Module):
@@ -384,14 +374,7 @@ def test_detection_matches_pytorch_grad_cams_faster_rcnn_box_score_target() -> N
     from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
 
     torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=5,
-        min_size=64,
-        max_size=64,
-        box_score_thresh=0.0,
-    ).eval()
+    model = tiny_detector()
     x = torch.rand(1, 3, 64, 64)
     best = T.detections(model, x, min_score=0.0)[0]
     layer = backlight.default_cam_layer(model, x)
