@@ -688,7 +688,8 @@ def rise_rows(
 
     def on_our_masks() -> torch.Tensor:
         # TorchRay run on backlight's masks: then the two differ only in the normalisation,
-        # N instead of N · p.
+        # N instead of N · p (backlight's plain estimator; its default control variate differs
+        # from TorchRay's by a term of mean zero).
         masks = RiseMasks(size, num_masks=s.masks, cells=7, p=p, seed=0).render(0, s.masks)
         theirs: torch.Tensor = tr_rise(
             model, one, num_masks=s.masks, batch_size=s.mask_batch, filter_masks=masks
@@ -713,7 +714,7 @@ def rise_rows(
                 [
                     Contender(
                         "backlight",
-                        f'backlight.rise(model, x, t, {common}, probability="sigmoid")',
+                        f'backlight.rise(model, x, t, {common}, probability="sigmoid", estimator="plain")',
                         lambda: backlight_rise(
                             model,
                             one,
@@ -721,6 +722,7 @@ def rise_rows(
                             num_masks=s.masks,
                             batch_size=s.mask_batch,
                             probability="sigmoid",
+                            estimator="plain",
                             progress=False,
                         ),
                     ),
@@ -742,7 +744,7 @@ def rise_rows(
                 [
                     Contender(
                         "backlight",
-                        f'backlight.rise(model, x, "all", {common}, probability="sigmoid")',
+                        f'backlight.rise(model, x, "all", {common}, probability="sigmoid", estimator="plain")',
                         lambda: backlight_rise(
                             model,
                             one,
@@ -750,6 +752,7 @@ def rise_rows(
                             num_masks=s.masks,
                             batch_size=s.mask_batch,
                             probability="sigmoid",
+                            estimator="plain",
                             progress=False,
                         ),
                     ),

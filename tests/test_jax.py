@@ -225,9 +225,14 @@ def test_same_maps_as_the_pytorch_methods(cnn, twin, name) -> None:
 def test_rise_with_the_same_masks_as_pytorch(cnn, twin) -> None:
     model, variables, x = cnn
     masks = backlight.RiseMasks((16, 16), num_masks=64, cells=4, p=0.5, seed=0).render(0, 64)
-    ours = bj.rise(model, variables, x, CLASSES, masks=masks[:, 0].numpy(), p=0.5)
-    theirs = backlight.rise(twin, _nchw(x), CLASSES, num_masks=64, cells=4, progress=False)
-    _close(ours, theirs[:, 0])
+    for estimator in ("control_variate", "plain"):
+        ours = bj.rise(
+            model, variables, x, CLASSES, masks=masks[:, 0].numpy(), p=0.5, estimator=estimator
+        )
+        theirs = backlight.rise(
+            twin, _nchw(x), CLASSES, num_masks=64, cells=4, estimator=estimator, progress=False
+        )
+        _close(ours, theirs[:, 0])
 
 
 def test_smooth_grad_on_the_same_noisy_inputs_as_pytorch(cnn, twin) -> None:

@@ -294,7 +294,7 @@ def test_rise_matches_the_masks_written_out(small, small64, x_small) -> None:
     for i, c in enumerate(CLASSES):
         p = _logits64(small64, x[i : i + 1] * masks).softmax(1)[:, c]
         expected[i, 0] = (p[:, None, None] * masks[:, 0]).sum(0) / (64 * 0.5)
-    ours = backlight.rise(small, x_small, CLASSES, num_masks=64, progress=False)
+    ours = backlight.rise(small, x_small, CLASSES, num_masks=64, estimator="plain", progress=False)
     assert_close(ours, expected)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import backlight
-from backlight.methods.rise import RiseMasks, rise
+from backlight.methods.rise import AUTO_LIMIT, RiseMasks, rise
 
 from .nets import TinyNet
 
@@ -83,10 +83,14 @@ def test_masks_are_the_authors_construction(size: tuple[int, int], cells: int) -
     assert 0 < masks.grids.float().mean() < 1 and len({tuple(s) for s in masks.shifts.tolist()}) > 1
 
 
+@pytest.mark.parametrize("estimator", ["plain", "control_variate"])
 @pytest.mark.parametrize("probability", ["softmax", "sigmoid", None])
-def test_matches_literal_float64_reference(probability: str | None, tiny64: TinyNet) -> None:
-    """S(λ) = Σ_i f(x ⊙ M_i) M_i(λ) / (N p), one masked image at a time, with the same masks;
-    40 masks in batches of 16 leave a partial last batch."""
+def test_matches_literal_float64_reference(
+    probability: str | None, estimator: str, tiny64: TinyNet
+) -> None:
+    """Plain: S(λ) = Σ_i f_i M_i(λ) / (N p); control variate: with c = Σ_i f_i / N,
+    S(λ) = N / (N - 1) · Σ_i (f_i - c) M_i(λ) / (N p) + c; one masked image at a time, with the
+    same masks; 40 masks in batches of 16 leave a partial last batch."""
     torch.manual_seed(5)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     target = [1, 3]
@@ -94,6 +98,7 @@ def test_matches_literal_float64_reference(probability: str | None, tiny64: Tiny
     expected = torch.zeros(2, 1, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         for n in range(2):
+            scores, rendered = [], []
             for i in range(40):
                 mask = masks.render(i, i + 1, dtype=torch.float64)[0, 0]
                 logits = tiny64(x[n : n + 1] * mask)[0]
@@ -101,8 +106,13 @@ def test_matches_literal_float64_reference(probability: str | None, tiny64: Tiny
                     logits = torch.softmax(logits, dim=0)
                 elif probability == "sigmoid":
                     logits = torch.sigmoid(logits)
-                expected[n, 0] += logits[target[n]] * mask
-    expected /= 40 * 0.4
+                scores.append(logits[target[n]])
+                rendered.append(mask)
+            c = sum(scores) / 40 if estimator == "control_variate" else 0.0
+            for f, mask in zip(scores, rendered, strict=True):
+                expected[n, 0] += (f - c) * mask / (40 * 0.4)
+            if estimator == "control_variate":
+                expected[n, 0] = expected[n, 0] * 40 / 39 + c
     got = rise(
         tiny64,
         x,
@@ -113,21 +123,191 @@ def test_matches_literal_float64_reference(probability: str | None, tiny64: Tiny
         seed=11,
         batch_size=16,
         probability=probability,  # type: ignore[arg-type]
+        estimator=estimator,  # type: ignore[arg-type]
         progress=False,
     )
     assert got.dtype == torch.float64 and got.shape == (2, 1, 12, 12)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert got.extras["masks_used"].tolist() == [40, 40]
+
+
+class Corner(nn.Module):
+    """One logit: ``offset`` plus the mean of channel 0 over the top-left 4x4 of an 8x8 input.
+    A large offset is what makes the plain estimator noisy (``offset`` times the noise of the
+    mask count)."""
+
+    def __init__(self, offset: float = 5.0) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.offset + x[:, 0, :4, :4].mean(dim=(1, 2))[:, None]
+
+
+def _every_mask() -> RiseMasks:
+    """All 256 masks of 2x2 cells on 8x8 pixels (16 grids times 16 shifts), each as likely as
+    under RiseMasks' draws with p = 0.5: their average is the exact expectation."""
+    masks = RiseMasks((8, 8), num_masks=256, cells=2, p=0.5, seed=0)
+    grids = torch.tensor([[(g >> k) & 1 for k in range(4)] for g in range(16)], dtype=torch.bool)
+    shifts = torch.tensor([[a, b] for a in range(4) for b in range(4)])
+    masks.grids = grids.view(16, 1, 2, 2).expand(16, 16, 2, 2).reshape(256, 2, 2)
+    masks.shifts = shifts[None].expand(16, 16, 2).reshape(256, 2)
+    return masks
+
+
+def _exact_rise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """S(λ) = E[f(x ⊙ M) M(λ)] / p over every mask: RISE's quantity, no sampling."""
+    rendered = _every_mask().render(0, 256, dtype=torch.float64)
+    with torch.no_grad():
+        scores = model(x * rendered)[:, 0]
+    return (scores[:, None, None, None] * rendered).mean(dim=0, keepdim=True) / 0.5
+
+
+def test_exact_expectation_by_enumeration_is_the_mean_of_both_estimators() -> None:
+    """Over 300 seeds of 16 masks each, both estimators average to the exact map (within four
+    standard errors of that average at every pixel): the control variate changes the variance,
+    not the mean; and its spread across seeds is a fraction of the plain estimator's."""
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = _exact_rise(Corner(), x)
+    assert float(exact[0, 0, :4, :4].mean()) > float(exact[0, 0, 4:, 4:].mean())
+    spread = {}
+    for estimator in ("plain", "control_variate"):
+        runs = torch.stack(
+            [
+                rise(
+                    Corner(),
+                    x,
+                    0,
+                    num_masks=16,
+                    cells=2,
+                    seed=s,
+                    probability=None,
+                    estimator=estimator,
+                    progress=False,
+                )  # type: ignore[arg-type]
+                for s in range(300)
+            ]
+        )
+        error_of_mean = runs.std(dim=0) / 300**0.5
+        assert bool(((runs.mean(dim=0) - exact).abs() < 4 * error_of_mean + 1e-12).all())
+        spread[estimator] = float(runs.std(dim=0).mean())
+    assert spread["control_variate"] < 0.2 * spread["plain"]
+
+
+@pytest.mark.parametrize("tolerance", [0.2, 0.1])
+def test_auto_stops_within_its_tolerance_of_the_exact_map(tolerance: float) -> None:
+    """num_masks="auto": for each seed the map's actual noise-to-signal ratio against the exact
+    map (RMS error over the exact map's spread) is within twice the tolerance, where it stopped
+    by its own estimate; a tighter tolerance takes more masks, in steps of 256."""
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = _exact_rise(Corner(1.0), x)
+    used = []
+    for seed in range(4):
+        got = rise(
+            Corner(1.0),
+            x,
+            0,
+            num_masks="auto",
+            tolerance=tolerance,
+            cells=2,
+            seed=seed,
+            probability=None,
+            batch_size=100,
+            progress=False,
+        )
+        actual = float((got - exact).pow(2).mean().sqrt() / exact.std())
+        assert actual < 2 * tolerance, (seed, actual)
+        assert float(got.extras["standard_error"].pow(2).mean().sqrt() / got.std()) <= tolerance
+        count = int(got.extras["masks_used"][0])
+        assert count % 256 == 0 and count < AUTO_LIMIT
+        used.append(count)
+        # the stop does not depend on batch_size
+        again = rise(
+            Corner(1.0),
+            x,
+            0,
+            num_masks="auto",
+            tolerance=tolerance,
+            cells=2,
+            seed=seed,
+            probability=None,
+            batch_size=64,
+            progress=False,
+        )
+        torch.testing.assert_close(again, got)
+    if tolerance == 0.1:
+        coarse = rise(
+            Corner(1.0),
+            x,
+            0,
+            num_masks="auto",
+            tolerance=0.2,
+            cells=2,
+            seed=0,
+            probability=None,
+            progress=False,
+        )
+        assert int(coarse.extras["masks_used"][0]) < used[0]
+
+
+def test_auto_stops_each_image_on_its_own() -> None:
+    """Two images in one call: each takes the masks it needs, and its map is the one it gets
+    alone."""
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    x[1, 0, :4, :4] = 0.5  # a flat corner: less signal, more masks
+    both = rise(Corner(1.0), x, 0, num_masks="auto", cells=2, probability=None, progress=False)
+    for i in range(2):
+        alone = rise(
+            Corner(1.0),
+            x[i : i + 1],
+            0,
+            num_masks="auto",
+            cells=2,
+            probability=None,
+            progress=False,
+        )
+        torch.testing.assert_close(both[i : i + 1], alone)
+        assert both.extras["masks_used"][i] == alone.extras["masks_used"][0]
+
+
+def test_auto_says_when_it_reaches_its_limit(caplog: pytest.LogCaptureFixture) -> None:
+    """A map that cannot settle within 16,000 masks (a tolerance far too tight): all the masks,
+    and a warning with the ratio reached."""
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with caplog.at_level("WARNING", logger="backlight"):
+        got = rise(
+            Corner(),
+            x,
+            0,
+            num_masks="auto",
+            tolerance=1e-4,
+            cells=2,
+            probability=None,
+            batch_size=500,
+            progress=False,
+        )
+    assert int(got.extras["masks_used"][0]) == AUTO_LIMIT
+    assert (
+        "rise: image 0 reached the limit of 16000 masks with a noise-to-signal ratio" in caplog.text
+    )
 
 
 def test_constant_masks_by_hand() -> None:
     """With one cell, every mask is all ones (kept) or all zeros, so for the linear patch-mean
-    model on an image of twos the map is 2 · kept / (N p) everywhere."""
+    model on an image of twos, f_i = 2 if kept: the plain map is 2 k / (N p) everywhere (k
+    kept), and the control variate's, with c = 2 k / N, is N / (N - 1) · 2 k (1 - k / N) / (N p)
+    + c."""
     x = torch.full((1, 3, 16, 16), 2.0)
     masks = RiseMasks((16, 16), num_masks=10, cells=1, p=0.5, seed=4)
-    kept = int(masks.grids.sum())
-    assert 0 < kept < 10  # the seed draws both kinds, or the check below proves less
-    got = rise(PatchMean(), x, 0, num_masks=10, cells=1, p=0.5, seed=4, probability=None)
-    torch.testing.assert_close(got, torch.full_like(got, 2.0 * kept / (10 * 0.5)))
+    k = int(masks.grids.sum())
+    assert 0 < k < 10  # the seed draws both kinds, or the check below proves less
+    options = {"num_masks": 10, "cells": 1, "p": 0.5, "seed": 4, "probability": None}
+    plain = rise(PatchMean(), x, 0, estimator="plain", **options)  # type: ignore[arg-type]
+    torch.testing.assert_close(plain, torch.full_like(plain, 2.0 * k / (10 * 0.5)))
+    control = rise(PatchMean(), x, 0, **options)  # type: ignore[arg-type]
+    expected = 10 / 9 * 2 * k * (1 - k / 10) / (10 * 0.5) + 2 * k / 10
+    torch.testing.assert_close(control, torch.full_like(control, expected))
 
 
 def test_patch_model_far_field_and_peak() -> None:
@@ -173,7 +353,9 @@ def test_seeded_and_independent_of_batch_size(tiny: TinyNet) -> None:
     other_seed = rise(tiny, x, [0, 2], num_masks=50, batch_size=16, seed=8, progress=False)
     assert torch.equal(first, again)
     torch.testing.assert_close(other_batches, first, rtol=1e-5, atol=1e-7)
-    assert (other_seed - first).abs().max() > 1e-3
+    # another seed, other masks: a different map (by far more than float32 rounding; the
+    # control variate makes two seeds' maps close, 5e-4 apart here)
+    assert (other_seed - first).abs().max() > 1e-4
 
 
 def test_every_class_equals_one_class_at_a_time(tiny: TinyNet) -> None:
@@ -232,7 +414,7 @@ def test_model_that_cannot_take_channels_last() -> None:
     torch.manual_seed(0)
     model = ViewsItsInput().eval()
     x = torch.randn(2, 3, 12, 12)
-    got = rise(model, x, [1, 2], num_masks=30, cells=3, progress=False)
+    got = rise(model, x, [1, 2], num_masks=30, cells=3, estimator="plain", progress=False)
     masks = RiseMasks((12, 12), num_masks=30, cells=3).render(0, 30)
     with torch.no_grad():
         expected = torch.stack(
@@ -271,6 +453,10 @@ def test_callable_target_and_non_logit_output() -> None:
     ("options", "message"),
     [
         ({"num_masks": 0}, r"`num_masks` must be a positive int, not 0"),
+        ({"num_masks": "many"}, r"`num_masks` must be a positive int or \"auto\", not 'many'"),
+        ({"tolerance": 0.1}, r"`tolerance` applies to num_masks=\"auto\" only"),
+        ({"num_masks": "auto", "tolerance": 0}, r"`tolerance` must be"),
+        ({"estimator": "cv"}, r"`estimator` must be 'control_variate' or 'plain', not 'cv'"),
         ({"cells": 2.5}, r"`cells` must be a positive int"),
         ({"p": 0.0}, r"`p` must be a number in \(0, 1\]"),
         ({"p": 1.5}, r"`p` must be a number in \(0, 1\]"),

@@ -307,13 +307,19 @@ def rise(
     p: float = 0.5,
     seed: int = 0,
     batch_size: int = 32,
+    estimator: str = "control_variate",
 ) -> Any:
-    """RISE: ``S = Σ_i softmax(f(x ⊙ M_i))_c · M_i / (num_masks · p)``, as :func:`backlight.rise`.
+    """RISE: ``S(λ) = E[softmax(f(x ⊙ M))_c · M(λ)] / p``, as :func:`backlight.rise`, with its
+    two estimators: ``"control_variate"`` (the default: the mean score ``c`` subtracted,
+    ``N / (N - 1) · Σ_i (f_i - c) M_i / (N p) + c``) or ``"plain"`` (the paper's
+    ``Σ_i f_i M_i / (N p)``).
 
     ``masks`` (num_masks, H, W) gives the masks (``backlight.RiseMasks(...).render`` gives
     PyTorch's, for identical maps); otherwise they are drawn the paper's way with NumPy from
     ``seed``: a ``cells`` x ``cells`` grid of cells kept with probability ``p``, upsampled
     bilinearly to ``(cells + 1)`` cells' size and cropped at a random shift."""
+    if estimator not in ("control_variate", "plain"):
+        raise OptionError(f"`estimator` must be 'control_variate' or 'plain', not {estimator!r}")
     m, x = as_model(model, variables), check_images(x)
     n, height, width = x.shape[0], x.shape[1], x.shape[2]
     if masks is None:
@@ -325,14 +331,20 @@ def rise(
     probability = _probabilities(m, kind, value)
     if kind == "predicted":
         value = _predicted(m, x)
-    total = jnp.zeros((n, height, width), x.dtype)
+    total = jnp.zeros((n, height, width), x.dtype)  # Σ f M
+    scores = jnp.zeros((n,), x.dtype)  # Σ f
     for i in range(n):
         for start in range(0, masks.shape[0], batch_size):
             batch = masks[start : start + batch_size]
             classes = jnp.full((batch.shape[0],), 0 if kind == "callable" else value[i], jnp.int32)
             weights = probability(m.variables, x[i][None] * batch[..., None], classes)
             total = total.at[i].add(jnp.tensordot(weights, batch, axes=1))
-    return total / (masks.shape[0] * p)
+            scores = scores.at[i].add(weights.sum())
+    count = masks.shape[0]
+    if estimator == "plain" or count < 2:
+        return total / (count * p)
+    c = (scores / count)[:, None, None]
+    return (total - c * masks.sum(axis=0)) / (count * p) * (count / (count - 1)) + c
 
 
 def _rise_masks(size: tuple[int, int], count: int, cells: int, p: float, seed: int) -> Any:

@@ -12,6 +12,7 @@ rendered in, so changing ``batch_size`` does not change the map.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Literal
 
@@ -25,7 +26,9 @@ from .._checks import (
     check_input,
     check_memory,
     check_model,
+    check_real,
     check_seed,
+    is_choice,
 )
 from .._checks import check_fraction as _fraction
 from .._checks import check_positive_int as _positive_int
@@ -38,6 +41,8 @@ from ..errors import OptionError
 from ._forward import Forward
 
 __all__ = ["RiseMasks", "rise"]
+
+logger = logging.getLogger("backlight")
 
 
 class RiseMasks:
@@ -160,6 +165,71 @@ def _mirror(i: int, n: int) -> int:
     return period - i if i >= n else i
 
 
+#: The most masks ``num_masks="auto"`` draws (twice TorchRay's default), and how often it
+#: checks its standard error: every 256 masks, so the stop does not depend on ``batch_size``.
+AUTO_LIMIT, AUTO_STEP = 16_000, 256
+
+
+class _Sums:
+    """Running sums of one image's masks and scores, from which the map and its standard error
+    are read at any time, for both estimators.
+
+    With scores f_i (one row per map) and masks M_i (pixels), and c the mean score (the control
+    variate; 0 for the plain estimator), the map is the mean of Z_i = (f_i - c) M_i / p, plus c
+    (for the control variate, times N / (N - 1), which makes it unbiased with c estimated from
+    the same masks), and its standard error is that of the mean of Z_i.
+    """
+
+    def __init__(self, maps: int, pixels: int, like: torch.Tensor) -> None:
+        self.count = 0
+        self.f = like.new_zeros(maps, 1)  # Σ f
+        self.fm = like.new_zeros(maps, pixels)  # Σ f M
+        self.fmm = like.new_zeros(maps, pixels)  # Σ f M²
+        self.ffmm = like.new_zeros(maps, pixels)  # Σ f² M²
+        self.m = like.new_zeros(1, pixels)  # Σ M
+        self.mm = like.new_zeros(1, pixels)  # Σ M²
+
+    def add(self, scores: torch.Tensor, flat: torch.Tensor, squared: torch.Tensor) -> None:
+        """Scores (maps, B) of masks ``flat`` (B, pixels), ``squared`` their squares."""
+        self.count += flat.shape[0]
+        self.f += scores.sum(dim=1, keepdim=True)
+        self.fm.addmm_(scores, flat)
+        self.fmm.addmm_(scores, squared)
+        self.ffmm.addmm_(scores * scores, squared)
+        self.m += flat.sum(dim=0, keepdim=True)
+        self.mm += squared.sum(dim=0, keepdim=True)
+
+    def estimate(self, p: float, control: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map (maps, pixels) and its standard error per pixel."""
+        n = self.count
+        c = self.f / n if control and n > 1 else torch.zeros_like(self.f)
+        mean = (self.fm - c * self.m) / (n * p)  # mean of Z
+        square = (self.ffmm - 2 * c * self.fmm + c * c * self.mm) / (n * p * p)  # mean of Z²
+        error = ((square - mean * mean).clamp(min=0) / max(n - 1, 1)).sqrt()
+        if control and n > 1:
+            return mean * (n / (n - 1)) + c, error * (n / (n - 1))
+        return mean, error
+
+
+def noise_to_signal(saliency: torch.Tensor, error: torch.Tensor) -> float:
+    """The RMS standard error of a map over its spread (the pixels' standard deviation), the
+    worst over its rows: two maps from independent seeds correlate about 1 / (1 + r²)."""
+    worst = 0.0
+    for row, noise in zip(saliency, error, strict=True):
+        rms = float(noise.pow(2).mean().sqrt())
+        spread = float(row.std()) if row.numel() > 1 else 0.0
+        if rms > 0:
+            worst = max(worst, rms / spread if spread > 0 else math.inf)
+    return worst
+
+
+def _settled(sums: list[_Sums], done: list[bool], p: float, control: bool, tol: float) -> bool:
+    """Marks the images whose map is within ``tol`` (noise to signal); whether all are."""
+    for i, image in enumerate(sums):
+        done[i] = done[i] or noise_to_signal(*image.estimate(p, control)) <= tol
+    return all(done)
+
+
 @register(
     "rise",
     family="perturbation",
@@ -171,21 +241,27 @@ def rise(
     x: torch.Tensor,
     target: Target | Literal["all"] = None,
     *,
-    num_masks: int = 8000,
+    num_masks: int | Literal["auto"] = 8000,
     cells: int = 7,
     p: float = 0.5,
     batch_size: int = 32,
     seed: int = 0,
     probability: Probability = "softmax",
+    estimator: Literal["control_variate", "plain"] = "control_variate",
+    tolerance: float | None = None,
     autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> Explanation:
     """RISE: the average of random masks weighted by the class probability of the masked image.
 
     Randomized input sampling for explanation.
-    The map is the expected score of the masked image given that the pixel was kept, estimated
-    with ``num_masks`` random smooth masks ``M_i`` (see :class:`RiseMasks`):
-    ``S(λ) = Σ_i f(x ⊙ M_i) · M_i(λ) / (num_masks · p)``.
+    The map is the expected score of the masked image given that the pixel was kept,
+    ``S(λ) = E[f(x ⊙ M) · M(λ)] / p``, estimated with random smooth masks ``M_i`` (see
+    :class:`RiseMasks`). The paper's estimator is ``Σ_i f_i · M_i(λ) / (N p)``; most of its
+    noise is the number of masks that happened to keep each pixel, times the mean score. The
+    default subtracts the mean score ``c`` (a control variate: ``E[M(λ)] = p`` exactly), so
+    ``S(λ) ≈ N / (N - 1) · Σ_i (f_i - c) · M_i(λ) / (N p) + c``: the same expectation (exactly
+    unbiased, the factor undoes estimating ``c`` from the same masks), a fraction of the noise.
 
     Args:
         model: the network; it runs in eval mode with frozen parameters and is restored after.
@@ -193,13 +269,21 @@ def rise(
         target: ``None`` for each image's predicted class, an int, one class per image, a
             callable that maps the (transformed) output of a batch of masked copies of one image
             to one score per copy, or ``"all"`` for one map per class.
-        num_masks: number of random masks (8,000 as TorchRay; the paper uses 4,000 to 8,000).
+        num_masks: number of random masks (8,000 as TorchRay; the paper uses 4,000 to 8,000),
+            or ``"auto"``: masks until the map's noise-to-signal ratio (the RMS of its standard
+            error over the standard deviation of its pixels) is at most ``tolerance``, checked
+            every 256 masks, for each image, up to 16,000; the result's ``masks_used`` says how
+            many each image took.
         cells: grid cells per side of the low-resolution masks (7).
         p: probability that a cell is kept (0.5).
         batch_size: masked images per forward pass; memory grows with it, not with num_masks.
         seed: seed of the masks; the same seed gives the same map.
         probability: ``"softmax"`` (class probabilities, as in the paper), ``"sigmoid"`` (for
             multi-label models; TorchRay's choice), or ``None`` for the raw outputs.
+        estimator: ``"control_variate"`` (the default, above) or ``"plain"``: the paper's and
+            TorchRay's sum, for comparing with them mask for mask.
+        tolerance: the noise-to-signal ratio ``num_masks="auto"`` stops at (default 0.1: two
+            maps from independent seeds then correlate at about 0.99).
         autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the masked forward passes under
             :func:`torch.autocast`, in reduced precision, on a private copy of the model whose
             convolution and linear weights are cast once: about 3.5 times faster on a CPU with
@@ -209,7 +293,9 @@ def rise(
         progress: show a progress bar on stderr.
 
     Returns:
-        A detached tensor (N, 1, H, W), or (N, K, H, W) for ``target="all"`` with K classes.
+        A detached tensor (N, 1, H, W), or (N, K, H, W) for ``target="all"`` with K classes; its
+        ``extras`` hold ``standard_error`` (the same shape: each pixel's estimated standard
+        error) and ``masks_used`` (N,).
 
     Paper:
         Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box
@@ -225,14 +311,30 @@ def rise(
     model = check_model(model)
     n, channels, height, width = check_input(x, model).shape
     batch_size = _positive_int("batch_size", batch_size)
-    largest = min(batch_size, _positive_int("num_masks", num_masks))
+    auto = isinstance(num_masks, str) and num_masks == "auto"
+    if not auto:
+        if isinstance(num_masks, str):
+            raise OptionError(f'`num_masks` must be a positive int or "auto", not {num_masks!r}')
+        num_masks = _positive_int("num_masks", num_masks)
+        if tolerance is not None:
+            raise OptionError(
+                '`tolerance` applies to num_masks="auto" only; pass num_masks="auto" or drop it'
+            )
+    tolerance = check_real(
+        "tolerance", 0.1 if tolerance is None else tolerance, low=0.0, open_low=True
+    )
+    if not is_choice(estimator, ("control_variate", "plain")):
+        raise OptionError(f"`estimator` must be 'control_variate' or 'plain', not {estimator!r}")
+    control = estimator == "control_variate"
+    limit = AUTO_LIMIT if auto else int(num_masks)
+    largest = min(batch_size, limit)
     check_memory(  # a batch of masks, the masked images and the model's first activations
         4 * x.element_size() * largest * (channels + 1) * height * width,
         x.device,
         what=f"`batch_size`={largest}: RISE batches of masked {height}x{width} images",
         fix="lower batch_size",
     )
-    masks = RiseMasks((height, width), num_masks=num_masks, cells=cells, p=p, seed=seed)
+    masks = RiseMasks((height, width), num_masks=limit, cells=cells, p=p, seed=seed)
     progress = check_flag("progress", progress)
     autocast = check_autocast(autocast)
 
@@ -241,34 +343,60 @@ def rise(
         given = scorer(clean.output)  # the scores of the input as given
         maps = given.shape[1] if scorer.every_class else 1
         check_memory(
-            x.element_size() * n * maps * height * width,
+            6 * x.element_size() * n * maps * height * width,
             x.device,
             what=f"`target='all'`: {maps} maps of {height}x{width} per image",
             fix="explain the classes you need, one call per class or a list of targets",
         )
-        saliency = x.new_zeros(n, maps, height * width)
+        sums = [_Sums(maps, height * width, x) for _ in range(n)]
+        done = [False] * n
         with torch.inference_mode():
             forward = Forward(model, x, autocast=autocast, channels_last=True)
             # masked batches come out in the layout the model is fed (the product keeps it)
             images = x.contiguous(memory_format=torch.channels_last) if forward.channels_last else x
-            bar = tqdm(total=masks.num_masks * n, desc="RISE", unit="mask", disable=not progress)
+            bar = tqdm(total=limit * n, desc="RISE", unit="mask", disable=not progress)
             with bar:
-                for start in range(0, masks.num_masks, batch_size):
-                    stop = min(start + batch_size, masks.num_masks)
-                    batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
-                    flat = batch.reshape(stop - start, height * width)
-                    for i in range(n):
-                        source = images if forward.channels_last else x  # x after a fallback
-                        rows = torch.full((stop - start,), i, device=x.device)
-                        weights = scorer(forward(source[i : i + 1] * batch), rows)
-                        weights = weights.T if scorer.every_class else weights[None]  # (maps, B)
-                        saliency[i].addmm_(weights.to(x.dtype), flat)
-                        bar.update(stop - start)
-            saliency /= masks.num_masks * masks.p
+                step = AUTO_STEP if auto else limit
+                for chunk in range(0, limit, step):
+                    for start in range(chunk, min(chunk + step, limit), batch_size):
+                        stop = min(start + batch_size, chunk + step, limit)
+                        batch = masks.render(start, stop, device=x.device, dtype=x.dtype)
+                        flat = batch.reshape(stop - start, height * width)
+                        squared = flat * flat
+                        for i in range(n):
+                            if done[i]:
+                                continue
+                            source = images if forward.channels_last else x  # after a fallback
+                            rows = torch.full((stop - start,), i, device=x.device)
+                            weights = scorer(forward(source[i : i + 1] * batch), rows)
+                            weights = weights.T if scorer.every_class else weights[None]
+                            sums[i].add(weights.to(x.dtype), flat, squared)
+                            bar.update(stop - start)
+                    if auto:
+                        if _settled(sums, done, p, control, tolerance):
+                            break
+                        bar.total = sum(
+                            s.count if d else limit for s, d in zip(sums, done, strict=True)
+                        )
+        estimates = [s.estimate(p, control) for s in sums]
+    for i, (image, estimate) in enumerate(zip(sums, estimates, strict=True)):
+        if auto and not done[i]:
+            logger.warning(
+                "rise: image %d reached the limit of %d masks with a noise-to-signal ratio of "
+                "%.3g, above tolerance=%g; its map is noisier than asked",
+                i,
+                image.count,
+                noise_to_signal(*estimate),
+                tolerance,
+            )
+    saliency = torch.stack([e[0] for e in estimates]).reshape(n, maps, height, width)
+    error = torch.stack([e[1] for e in estimates]).reshape(n, maps, height, width)
     return Explanation.make(
-        saliency.reshape(n, -1, height, width).clone(),
+        saliency,
         targets=scorer.explained,
         scores=None if scorer.every_class else given,
         output=clean.logits,
-        num_masks=masks.num_masks,
+        num_masks="auto" if auto else masks.num_masks,
+        masks_used=torch.tensor([s.count for s in sums]),
+        standard_error=error,
     )
