@@ -96,6 +96,8 @@ def test_matches_literal_float64_reference(
     target = [1, 3]
     masks = RiseMasks((12, 12), num_masks=40, cells=3, p=0.4, seed=11)
     expected = torch.zeros(2, 1, 12, 12, dtype=torch.float64)
+    errors = torch.zeros(2, 1, 12, 12, dtype=torch.float64)
+    ratios = []
     with torch.no_grad():
         for n in range(2):
             scores, rendered = [], []
@@ -113,6 +115,14 @@ def test_matches_literal_float64_reference(
                 expected[n, 0] += (f - c) * mask / (40 * 0.4)
             if estimator == "control_variate":
                 expected[n, 0] = expected[n, 0] * 40 / 39 + c
+            # standard errors: of each pixel's mean of Z_i = (f_i - c) M_i / p, and of the same
+            # mean with each Z_i's own mean over pixels taken out (what the look of a map sees)
+            z = torch.stack([(f - c) * m / 0.4 for f, m in zip(scores, rendered, strict=True)])
+            scale = 40 / 39 if estimator == "control_variate" else 1.0
+            errors[n, 0] = z.std(dim=0) / 40**0.5 * scale
+            centred = z - z.mean(dim=(1, 2), keepdim=True)
+            noise = (centred.var(dim=0) / 40).mean().sqrt() * scale
+            ratios.append(float(noise / expected[n, 0].std()))
     got = rise(
         tiny64,
         x,
@@ -129,6 +139,10 @@ def test_matches_literal_float64_reference(
     assert got.dtype == torch.float64 and got.shape == (2, 1, 12, 12)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert got.extras["masks_used"].tolist() == [40, 40]
+    torch.testing.assert_close(got.extras["standard_error"], errors, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(
+        got.extras["noise_to_signal"], torch.tensor(ratios, dtype=torch.float32), rtol=1e-5, atol=0
+    )
 
 
 class Corner(nn.Module):
@@ -197,8 +211,9 @@ def test_exact_expectation_by_enumeration_is_the_mean_of_both_estimators() -> No
 @pytest.mark.parametrize("tolerance", [0.2, 0.1])
 def test_auto_stops_within_its_tolerance_of_the_exact_map(tolerance: float) -> None:
     """num_masks="auto": for each seed the map's actual noise-to-signal ratio against the exact
-    map (RMS error over the exact map's spread) is within twice the tolerance, where it stopped
-    by its own estimate; a tighter tolerance takes more masks, in steps of 256."""
+    map (RMS error, less its mean over pixels, over the exact map's spread) is within twice the
+    tolerance, where it stopped by its own estimate; a tighter tolerance takes more masks, in
+    steps of 256."""
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     exact = _exact_rise(Corner(1.0), x)
     used = []
@@ -215,9 +230,10 @@ def test_auto_stops_within_its_tolerance_of_the_exact_map(tolerance: float) -> N
             batch_size=100,
             progress=False,
         )
-        actual = float((got - exact).pow(2).mean().sqrt() / exact.std())
+        difference = got - exact
+        actual = float((difference - difference.mean()).pow(2).mean().sqrt() / exact.std())
         assert actual < 2 * tolerance, (seed, actual)
-        assert float(got.extras["standard_error"].pow(2).mean().sqrt() / got.std()) <= tolerance
+        assert float(got.extras["noise_to_signal"][0]) <= tolerance
         count = int(got.extras["masks_used"][0])
         assert count % 256 == 0 and count < AUTO_LIMIT
         used.append(count)

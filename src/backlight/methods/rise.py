@@ -177,7 +177,10 @@ class _Sums:
     With scores f_i (one row per map) and masks M_i (pixels), and c the mean score (the control
     variate; 0 for the plain estimator), the map is the mean of Z_i = (f_i - c) M_i / p, plus c
     (for the control variate, times N / (N - 1), which makes it unbiased with c estimated from
-    the same masks), and its standard error is that of the mean of Z_i.
+    the same masks), and its standard error is that of the mean of Z_i. The same sums over each
+    mask's mean q_i give the standard error of the map's mean over pixels, the part of the noise
+    that shifts every pixel alike and so changes neither the map's look nor its correlation
+    with another map.
     """
 
     def __init__(self, maps: int, pixels: int, like: torch.Tensor) -> None:
@@ -188,6 +191,11 @@ class _Sums:
         self.ffmm = like.new_zeros(maps, pixels)  # Σ f² M²
         self.m = like.new_zeros(1, pixels)  # Σ M
         self.mm = like.new_zeros(1, pixels)  # Σ M²
+        self.fq = like.new_zeros(maps, 1)  # Σ f q, with q the mask's mean over pixels
+        self.fqq = like.new_zeros(maps, 1)  # Σ f q²
+        self.ffqq = like.new_zeros(maps, 1)  # Σ f² q²
+        self.q = like.new_zeros(1, 1)  # Σ q
+        self.qq = like.new_zeros(1, 1)  # Σ q²
 
     def add(self, scores: torch.Tensor, flat: torch.Tensor, squared: torch.Tensor) -> None:
         """Scores (maps, B) of masks ``flat`` (B, pixels), ``squared`` their squares."""
@@ -198,25 +206,36 @@ class _Sums:
         self.ffmm.addmm_(scores * scores, squared)
         self.m += flat.sum(dim=0, keepdim=True)
         self.mm += squared.sum(dim=0, keepdim=True)
+        q = flat.mean(dim=1, keepdim=True)
+        self.fq += scores @ q
+        self.fqq += scores @ (q * q)
+        self.ffqq += (scores * scores) @ (q * q)
+        self.q += q.sum()
+        self.qq += (q * q).sum()
 
-    def estimate(self, p: float, control: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The map (maps, pixels) and its standard error per pixel."""
+    def estimate(self, p: float, control: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The map (maps, pixels), its standard error per pixel, and the standard error of its
+        mean over pixels (maps, 1)."""
         n = self.count
         c = self.f / n if control and n > 1 else torch.zeros_like(self.f)
         mean = (self.fm - c * self.m) / (n * p)  # mean of Z
         square = (self.ffmm - 2 * c * self.fmm + c * c * self.mm) / (n * p * p)  # mean of Z²
         error = ((square - mean * mean).clamp(min=0) / max(n - 1, 1)).sqrt()
+        level = (self.fq - c * self.q) / (n * p)  # the same for the masks' means
+        level_square = (self.ffqq - 2 * c * self.fqq + c * c * self.qq) / (n * p * p)
+        offset = ((level_square - level * level).clamp(min=0) / max(n - 1, 1)).sqrt()
         if control and n > 1:
-            return mean * (n / (n - 1)) + c, error * (n / (n - 1))
-        return mean, error
+            return mean * (n / (n - 1)) + c, error * (n / (n - 1)), offset * (n / (n - 1))
+        return mean, error, offset
 
 
-def noise_to_signal(saliency: torch.Tensor, error: torch.Tensor) -> float:
-    """The RMS standard error of a map over its spread (the pixels' standard deviation), the
-    worst over its rows: two maps from independent seeds correlate about 1 / (1 + r²)."""
+def noise_to_signal(saliency: torch.Tensor, error: torch.Tensor, offset: torch.Tensor) -> float:
+    """The RMS standard error of a map, less the part that shifts all its pixels alike
+    (``offset``), over its spread (the pixels' standard deviation), the worst over its rows:
+    two maps from independent seeds correlate about 1 / (1 + r²)."""
     worst = 0.0
-    for row, noise in zip(saliency, error, strict=True):
-        rms = float(noise.pow(2).mean().sqrt())
+    for row, noise, level in zip(saliency, error, offset, strict=True):
+        rms = float((noise.pow(2).mean() - level.pow(2).sum()).clamp(min=0).sqrt())
         spread = float(row.std()) if row.numel() > 1 else 0.0
         if rms > 0:
             worst = max(worst, rms / spread if spread > 0 else math.inf)
@@ -271,7 +290,8 @@ def rise(
             to one score per copy, or ``"all"`` for one map per class.
         num_masks: number of random masks (8,000 as TorchRay; the paper uses 4,000 to 8,000),
             or ``"auto"``: masks until the map's noise-to-signal ratio (the RMS of its standard
-            error over the standard deviation of its pixels) is at most ``tolerance``, checked
+            error, less the part that shifts every pixel alike, over the standard deviation of
+            its pixels) is at most ``tolerance``, checked
             every 256 masks, for each image, up to 16,000; the result's ``masks_used`` says how
             many each image took.
         cells: grid cells per side of the low-resolution masks (7).
@@ -295,7 +315,8 @@ def rise(
     Returns:
         A detached tensor (N, 1, H, W), or (N, K, H, W) for ``target="all"`` with K classes; its
         ``extras`` hold ``standard_error`` (the same shape: each pixel's estimated standard
-        error) and ``masks_used`` (N,).
+        error), ``noise_to_signal`` (N,) the ratio ``num_masks="auto"`` stops on (the worst
+        over an image's maps) and ``masks_used`` (N,).
 
     Paper:
         Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box
@@ -391,6 +412,7 @@ def rise(
             )
     saliency = torch.stack([e[0] for e in estimates]).reshape(n, maps, height, width)
     error = torch.stack([e[1] for e in estimates]).reshape(n, maps, height, width)
+    ratios = torch.tensor([noise_to_signal(*e) for e in estimates])
     return Explanation.make(
         saliency,
         targets=scorer.explained,
@@ -399,4 +421,5 @@ def rise(
         num_masks="auto" if auto else masks.num_masks,
         masks_used=torch.tensor([s.count for s in sums]),
         standard_error=error,
+        noise_to_signal=ratios,
     )
