@@ -46,6 +46,16 @@ def noise_to_signal(a: torch.Tensor, reference: torch.Tensor) -> float:
     return float((a.double() - reference.double()).pow(2).mean().sqrt() / reference.double().std())
 
 
+def publish(table: str, args: argparse.Namespace, plot: Callable[[str], None]) -> None:
+    """Print the table, append it to ``--markdown`` and draw ``--plot``, where given."""
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write(table + "\n")
+    if args.plot:
+        plot(args.plot)
+
+
 def timed(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     out = run()
@@ -149,13 +159,7 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
-    table = _markdown(rows, args)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(table + "\n")
-    if args.plot:
-        _plot(rows, args.plot, args)
+    publish(_markdown(rows, args), args, lambda path: _plot(rows, path, args))
 
 
 def _markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:

@@ -339,6 +339,106 @@ def test_callable_target_equals_class_index(tiny: TinyNet) -> None:
     torch.testing.assert_close(by_callable.scores, by_index.scores)
 
 
+def test_fast_schedule_compresses_torchrays_rates() -> None:
+    """By hand: the fast schedule of T steps scales the learning rate and the growth's exponent
+    by 800 / T, so its weight after T steps is TorchRay's after 800; at T = 800 it is TorchRay's
+    schedule itself, mask for mask."""
+    x = torch.zeros(1, 3, 32, 32)
+    options = {
+        "areas": [0.1],
+        "variant": "preserve",
+        "tolerance": None,
+        "step": 2,
+        "sigma": 4.0,
+        "perturbation": "blur",
+        "num_levels": 8,
+        "max_blur": 8.0,
+        "area_with_margin": False,
+        "jitter": None,
+        "seed": 0,
+    }
+    torchray = extremal._Problem.check(x, max_iter=200, schedule="torchray", **options)
+    fast = extremal._Problem.check(x, max_iter=200, schedule="fast", **options)
+    assert torchray.rates() == (0.01, 1.0035)
+    rate, growth = fast.rates()
+    assert rate == pytest.approx(0.04, rel=1e-12) and growth == pytest.approx(1.0035**4, rel=1e-12)
+    assert 300 * growth**200 == pytest.approx(300 * 1.0035**800, rel=1e-9)
+    at_800 = extremal._Problem.check(x, max_iter=800, schedule="fast", **options)
+    assert at_800.rates() == (0.01, 1.0035)  # the same numbers, so the same run
+
+
+def _area_ratios(masks: torch.Tensor, areas: list[float]) -> list[float]:
+    """The area of each mask (its pixels of 0.5 or more) over the area asked."""
+    return [float((m >= 0.5).float().mean()) / a for m, a in zip(masks, areas, strict=True)]
+
+
+def test_fast_schedule_reaches_torchrays_800_steps_sooner() -> None:
+    """150 steps: TorchRay's schedule has not yet pulled the masks down to their areas (its
+    weight is still 510, not 4,900), the fast one has, and its masks' areas and scores are those
+    of TorchRay's schedule run for 800 steps."""
+    model, x = PatchNet(gain=40.0), _patch_image()
+    areas = [0.05, 0.1]
+    options = {"areas": areas, "jitter": None, **SMALL}
+    slow = extremal_perturbation(model, x, 0, max_iter=150, **options)  # type: ignore[arg-type]
+    fast = extremal_perturbation(model, x, 0, max_iter=150, schedule="fast", **options)  # type: ignore[arg-type]
+    full = extremal_perturbation(model, x, 0, max_iter=800, **options)  # type: ignore[arg-type]
+    for s, f, r in zip(*(_area_ratios(v.masks[0], areas) for v in (slow, fast, full)), strict=True):
+        assert abs(f - r) < 0.1 and s - r > 0.4, (s, f, r)
+    torch.testing.assert_close(fast.scores, full.scores, rtol=0.15, atol=0)
+    assert bool((slow.scores > 1.1 * full.scores).all())
+
+
+@pytest.mark.parametrize(("schedule", "max_iter"), [("torchray", 800), ("fast", 300)])
+@pytest.mark.parametrize("tolerance", [0.01, 1.0])
+def test_early_stop_never_misses_the_area(schedule: str, max_iter: int, tolerance: float) -> None:
+    """However loose the tolerance (1.0: any change passes), a mask stops only once its area is
+    within 20% of the area asked; the steps it ran are returned (a multiple of 10 when it
+    stopped early), its history ends there (NaN after), and the history is as long as the
+    longest run. Here the masks of area 0.05 and 0.3 stop early; that of 0.1 never gets within
+    20% of its area (TorchRay's schedule leaves it 27% over after 800 steps) and runs to the
+    end."""
+    model, x = PatchNet(gain=40.0), _patch_image()
+    areas = [0.05, 0.1, 0.3]
+    result = extremal_perturbation(
+        model,
+        x,
+        0,
+        areas=areas,
+        max_iter=max_iter,
+        schedule=schedule,
+        tolerance=tolerance,
+        jitter=None,
+        **SMALL,
+    )
+    steps = result.iterations[0]
+    assert steps.dtype == torch.long and result.history.shape[-1] == int(steps.max())
+    stopped = [i for i in range(3) if int(steps[i]) < max_iter]
+    assert 0 in stopped and 2 in stopped
+    for i, ratio in enumerate(_area_ratios(result.masks[0], areas)):
+        ran = int(steps[i])
+        if i in stopped:
+            assert abs(ratio - 1) <= 0.2 and ran % 10 == 0, (areas[i], ratio)
+        assert not bool(result.history[0, i, :, :ran].isnan().any())
+        assert bool(result.history[0, i, :, ran:].isnan().all())
+
+
+def test_early_stop_is_per_mask_and_honours_max_iter(tiny: TinyNet) -> None:
+    """A stopped mask is frozen, so each area's mask and step count are the same alone as
+    together; a mask that never settles runs to ``max_iter``; without a tolerance every mask
+    runs every step and the history has no NaN."""
+    model, x = PatchNet(gain=40.0), _patch_image()
+    options = {"max_iter": 400, "schedule": "fast", "tolerance": 0.01, **SMALL}
+    together = extremal_perturbation(model, x, 0, areas=[0.1, 0.3], **options)  # type: ignore[arg-type]
+    for i, area in enumerate([0.1, 0.3]):
+        alone = extremal_perturbation(model, x, 0, areas=area, **options)  # type: ignore[arg-type]
+        assert torch.equal(alone.iterations, together.iterations[:, i : i + 1])
+        torch.testing.assert_close(together.masks[:, i : i + 1], alone.masks, rtol=1e-4, atol=1e-5)
+    short = extremal_perturbation(model, x, 0, max_iter=30, tolerance=0.01, **SMALL)
+    assert short.iterations.tolist() == [[30]] and short.history.shape[-1] == 30
+    plain = extremal_perturbation(tiny, torch.randn(1, 3, 12, 12), 1, max_iter=7, **SMALL)
+    assert plain.iterations.tolist() == [[7]] and not bool(plain.history.isnan().any())
+
+
 def test_result_and_progress_bar(capsys: pytest.CaptureFixture[str], tiny: TinyNet) -> None:
     x = torch.randn(1, 3, 12, 12)
     result = extremal_perturbation(tiny, x, 2, max_iter=2)
@@ -363,6 +463,9 @@ def test_result_and_progress_bar(capsys: pytest.CaptureFixture[str], tiny: TinyN
         ({"perturbation": "noise"}, r"`perturbation` must be 'blur' or 'fade'"),
         ({"jitter": True}, r"`jitter` must be 'alternate', 'random' or None"),
         ({"contrastive": "yes"}, r"`contrastive` must be True or False"),
+        ({"schedule": "adam"}, r"`schedule` must be 'torchray' or 'fast'"),
+        ({"tolerance": 0}, r"`tolerance` must be a positive number"),
+        ({"tolerance": "small"}, r"`tolerance` must be a positive number"),
     ],
 )
 def test_bad_options(options: dict[str, object], message: str, tiny: TinyNet) -> None:

@@ -44,6 +44,7 @@ __all__ = ["extremal_perturbation"]
 Variant: TypeAlias = Literal["preserve", "delete", "dual"]
 Jitter: TypeAlias = Literal["alternate", "random"] | None
 Perturbation: TypeAlias = Literal["blur", "fade"]
+Schedule: TypeAlias = Literal["torchray", "fast"]
 
 #: More blur levels than this are no finer to the eye and cost a blur each.
 _MAX_LEVELS = 256
@@ -53,6 +54,13 @@ _LEARNING_RATE = 0.01
 _MOMENTUM = 0.9
 _PENALTY_WEIGHT = 300.0
 _PENALTY_GROWTH = 1.0035
+_TORCHRAY_ITER = 800
+
+#: The early stop compares each mask with itself this many iterations before.
+_SETTLE_WINDOW = 10
+#: ... and accepts it only if its area (pixels >= 0.5) is within this fraction of the area asked:
+#: TorchRay's own 800-step masks are 4% (ResNet-18, 224 px) to 16% (32 px) over their area.
+_AREA_SLACK = 0.2
 
 
 @register(
@@ -69,6 +77,8 @@ def extremal_perturbation(
     areas: float | Sequence[float] = (0.1,),
     variant: Variant = "preserve",
     max_iter: int = 800,
+    schedule: Schedule = "torchray",
+    tolerance: float | None = None,
     step: int | None = None,
     sigma: float | None = None,
     perturbation: Perturbation = "blur",
@@ -102,7 +112,23 @@ def extremal_perturbation(
         variant: ``"preserve"`` (keep the region: the image outside it is blurred),
             ``"delete"`` (blur the region to lower the score) or ``"dual"`` (both; the reward
             is the preserved image's score minus the deleted image's).
-        max_iter: optimisation steps (800 as TorchRay).
+        max_iter: optimisation steps (800 as TorchRay); the bound when ``tolerance`` is set.
+        schedule: ``"torchray"`` (learning rate 0.01, weight growth 1.0035 per step, whatever
+            ``max_iter``: TorchRay's and the paper's) or ``"fast"``: the same schedule compressed
+            into ``max_iter`` steps, the learning rate and the growth's exponent both scaled by
+            ``800 / max_iter``, so that the penalty's weight ends where TorchRay's ends after
+            800 steps. The two are the same at ``max_iter=800``. An approximation of
+            TorchRay's result, not the default: on a ResNet-18 at 224 px,
+            ``schedule="fast", max_iter=200, tolerance=0.01`` stopped after 140 steps, 7.3x
+            sooner than TorchRay's 800, with a mask of IoU 0.91 with TorchRay's and a reward
+            0.6% lower; on the small demo model its masks differ more (IoU 0.55 to 0.82),
+            as do TorchRay's own after 400 steps (0.84). See BENCHMARKS.md.
+        tolerance: ``None`` runs every step. A number stops each mask early once it has
+            settled: every ``10`` steps, a mask whose largest pixel change over the last 10 steps
+            is at most ``tolerance`` and whose area (the pixels of value 0.5 or more, counted as
+            the area penalty counts them) is within 20% of the area asked is frozen; the run ends
+            when every mask is. A mask never stops before it meets its area. The benchmarks
+            use ``0.01``.
         step: pixels between the mask's parameters; ``None`` for TorchRay's 7 at 224 pixels,
             in proportion to the image's shorter side for other sizes (at least 1), which keeps
             the number of parameters, and so the optimisation's behaviour, the same.
@@ -135,8 +161,10 @@ def extremal_perturbation(
         ``.masks``; ``.scores`` (N, A) the target's score (as the reward counts it: the class
         score, or its margin over the best other class with ``contrastive=True``) on the image
         perturbed by each mask (preserved for "preserve" and "dual", deleted for "delete");
-        ``.history`` (N, A, 2, max_iter) per iteration the reward (row 0) and the area term of
-        the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive);
+        ``.history`` (N, A, 2, T) per iteration the reward (row 0) and the area term of
+        the energy (row 1, ``-weight · mean((sorted mask - step)²)``, never positive), with
+        ``T`` the steps run (``max_iter`` unless every mask stopped early) and NaN after a
+        mask's own stop; ``.iterations`` (N, A) the steps each mask was optimised for;
         ``.areas`` and ``.variant``.
 
     Aliases:
@@ -163,6 +191,8 @@ def extremal_perturbation(
         areas=areas,
         variant=variant,
         max_iter=max_iter,
+        schedule=schedule,
+        tolerance=tolerance,
         step=step,
         sigma=sigma,
         perturbation=perturbation,
@@ -182,7 +212,7 @@ def extremal_perturbation(
             pyramid = problem.pyramid(x)
         # under autocast: channels-last batches and a copy of the model with its weights cast
         forward = Forward(model, x, autocast=autocast, channels_last=autocast is not None)
-        mask, history = _optimise(problem, forward, pyramid, clean, progress)
+        mask, history, iterations = _optimise(problem, forward, pyramid, clean, progress)
         with torch.no_grad():
             final = _perturbed(pyramid, mask, problem.variant, n, a)[:, :a]
             scores = _scores(model, final, clean)
@@ -193,7 +223,8 @@ def extremal_perturbation(
         scores=scores.clone(),
         output=clean.logits,
         masks=masks,
-        history=history.view(n, a, 2, problem.max_iter).cpu(),
+        history=history.view(n, a, 2, history.shape[-1]).cpu(),
+        iterations=iterations.view(n, a).cpu(),
         areas=problem.areas,
         variant=problem.variant,
     )
@@ -206,6 +237,8 @@ class _Problem:
     areas: tuple[float, ...]
     variant: Variant
     max_iter: int
+    schedule: Schedule
+    tolerance: float | None
     perturbation: Perturbation
     num_levels: int
     max_blur: float
@@ -228,6 +261,11 @@ class _Problem:
         if not is_choice(jitter, ("alternate", "random", None)):
             raise OptionError(f"`jitter` must be 'alternate', 'random' or None, not {jitter!r}")
         max_iter = _positive_int("max_iter", options["max_iter"])
+        schedule, tolerance = options["schedule"], options["tolerance"]
+        if not is_choice(schedule, ("torchray", "fast")):
+            raise OptionError(f"`schedule` must be 'torchray' or 'fast', not {schedule!r}")
+        if tolerance is not None:
+            tolerance = check_positive_real("tolerance", tolerance)
         num_levels = _positive_int("num_levels", options["num_levels"], high=_MAX_LEVELS)
         if num_levels < 2:
             raise OptionError(f"`num_levels` must be at least 2, not {num_levels}")
@@ -251,6 +289,8 @@ class _Problem:
             tuple(area_list),
             variant,
             max_iter,
+            schedule,
+            tolerance,
             perturbation,
             num_levels,
             max_blur,
@@ -277,6 +317,13 @@ class _Problem:
         counts = [counted - int(counted * (1 - area)) for area in self.areas] * n
         return torch.tensor(counts, device=device)
 
+    def rates(self) -> tuple[float, float]:
+        """The learning rate and the penalty weight's growth per step."""
+        if self.schedule == "torchray":
+            return _LEARNING_RATE, _PENALTY_GROWTH
+        stretch = _TORCHRAY_ITER / self.max_iter
+        return _LEARNING_RATE * stretch, _PENALTY_GROWTH**stretch
+
 
 def _optimise(
     problem: _Problem,
@@ -284,23 +331,35 @@ def _optimise(
     pyramid: tuple[torch.Tensor, torch.Tensor],
     clean: Clean,
     progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TorchRay's optimisation of every mask at once: SGD with momentum on the parameter grids,
-    the area penalty's weight growing each step. Returns the final masks (N · A, H, W) and the
-    history (N · A, 2, max_iter) of the reward and the area term."""
+    the area penalty's weight growing each step. Returns the final masks (N · A, H, W), the
+    history (N · A, 2, T) of the reward and the area term, and the steps of each mask (N · A,).
+
+    A mask that has settled (``problem.tolerance``) keeps its parameters from then on: it still
+    goes through the model with the others, but nothing of it changes, so each mask's result is
+    the same whatever the other masks of the batch do."""
     x, n, a = clean.x, clean.x.shape[0], len(problem.areas)
     generator = problem.generator
     weights = generator.weights(x.device, x.dtype)
     params = x.new_ones(n * a, 1, *generator.grid)
     kept = problem.kept(n, x.device)
-    history = x.new_empty(n * a, 2, problem.max_iter)
+    history = x.new_full((n * a, 2, problem.max_iter), float("nan"))
+    iterations = torch.full((n * a,), problem.max_iter, dtype=torch.long)
+    running = torch.ones(n * a, dtype=torch.bool, device=x.device)
+    learning_rate, growth = problem.rates()
     velocity: torch.Tensor | None = None
+    before: torch.Tensor | None = None
     weight = _PENALTY_WEIGHT
     bar = tqdm(total=problem.max_iter, desc="extremal perturbation", disable=not progress)
     with torch.enable_grad(), bar:
         for t in range(problem.max_iter):
             params.requires_grad_(True)
             mask, full = generator(params, weights, margin=problem.area_with_margin)
+            if problem.tolerance is not None and t % _SETTLE_WINDOW == 0:
+                before = _settle(problem, mask, full, kept, before, running, iterations, t)
+                if not running.any():
+                    break
             images = _perturbed(pyramid, mask, problem.variant, n, a)
             if problem.flips[t]:
                 images = images.flip(dims=(4,))
@@ -313,12 +372,39 @@ def _optimise(
                     if velocity is None
                     else velocity.mul_(_MOMENTUM).add_(grad, alpha=1 - _MOMENTUM)
                 )
-                params = (params.detach() - _LEARNING_RATE * velocity).clamp_(0, 1)
-                history[:, 0, t] = reward.detach()
-                history[:, 1, t] = penalty.detach()
-            weight *= _PENALTY_GROWTH
+                stepped = (params.detach() - learning_rate * velocity).clamp_(0, 1)
+                params = torch.where(running[:, None, None, None], stepped, params.detach())
+                history[running, 0, t] = reward.detach()[running]
+                history[running, 1, t] = penalty.detach()[running]
+            weight *= growth
             bar.update()
-    return mask.detach(), history
+    steps = int(iterations.max())
+    return mask.detach(), history[..., :steps].contiguous(), iterations
+
+
+def _settle(
+    problem: _Problem,
+    mask: torch.Tensor,
+    full: torch.Tensor | None,
+    kept: torch.Tensor,
+    before: torch.Tensor | None,
+    running: torch.Tensor,
+    iterations: torch.Tensor,
+    t: int,
+) -> torch.Tensor:
+    """Freeze (in ``running`` and ``iterations``, in place) the masks that have changed by at
+    most the tolerance since ``before`` and meet their area; returns the masks to compare with
+    next time."""
+    now = mask.detach()
+    if before is not None:
+        change = (now - before).abs().flatten(1).amax(dim=1)
+        counted = (now if full is None else full.detach()).flatten(1)
+        area = (counted >= 0.5).sum(dim=1)
+        meets = (area - kept).abs() <= _AREA_SLACK * kept
+        done = running & (change <= float(problem.tolerance or 0)) & meets
+        iterations[done.cpu()] = t
+        running &= ~done
+    return now.clone()
 
 
 def _perturbed(
