@@ -216,20 +216,24 @@ def test_auto_stops_within_its_tolerance_of_the_exact_map(tolerance: float) -> N
     steps of 256."""
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     exact = _exact_rise(Corner(1.0), x)
-    used = []
-    for seed in range(4):
-        got = rise(
+
+    def auto(tol: float, seed: int, batch_size: int = 100) -> torch.Tensor:
+        return rise(
             Corner(1.0),
             x,
             0,
             num_masks="auto",
-            tolerance=tolerance,
+            tolerance=tol,
             cells=2,
             seed=seed,
             probability=None,
-            batch_size=100,
+            batch_size=batch_size,
             progress=False,
         )
+
+    used = []
+    for seed in range(4):
+        got = auto(tolerance, seed)
         difference = got - exact
         actual = float((difference - difference.mean()).pow(2).mean().sqrt() / exact.std())
         assert actual < 2 * tolerance, (seed, actual)
@@ -238,31 +242,9 @@ def test_auto_stops_within_its_tolerance_of_the_exact_map(tolerance: float) -> N
         assert count % 256 == 0 and count < AUTO_LIMIT
         used.append(count)
         # the stop does not depend on batch_size
-        again = rise(
-            Corner(1.0),
-            x,
-            0,
-            num_masks="auto",
-            tolerance=tolerance,
-            cells=2,
-            seed=seed,
-            probability=None,
-            batch_size=64,
-            progress=False,
-        )
-        torch.testing.assert_close(again, got)
+        torch.testing.assert_close(auto(tolerance, seed, batch_size=64), got)
     if tolerance == 0.1:
-        coarse = rise(
-            Corner(1.0),
-            x,
-            0,
-            num_masks="auto",
-            tolerance=0.2,
-            cells=2,
-            seed=0,
-            probability=None,
-            progress=False,
-        )
+        coarse = auto(0.2, 0, batch_size=32)
         assert int(coarse.extras["masks_used"][0]) < used[0]
 
 

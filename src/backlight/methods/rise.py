@@ -400,19 +400,19 @@ def rise(
                             s.count if d else limit for s, d in zip(sums, done, strict=True)
                         )
         estimates = [s.estimate(p, control) for s in sums]
-    for i, (image, estimate) in enumerate(zip(sums, estimates, strict=True)):
+    ratios = torch.tensor([noise_to_signal(*e) for e in estimates])
+    for i, image in enumerate(sums):
         if auto and not done[i]:
             logger.warning(
                 "rise: image %d reached the limit of %d masks with a noise-to-signal ratio of "
                 "%.3g, above tolerance=%g; its map is noisier than asked",
                 i,
                 image.count,
-                noise_to_signal(*estimate),
+                float(ratios[i]),
                 tolerance,
             )
     saliency = torch.stack([e[0] for e in estimates]).reshape(n, maps, height, width)
     error = torch.stack([e[1] for e in estimates]).reshape(n, maps, height, width)
-    ratios = torch.tensor([noise_to_signal(*e) for e in estimates])
     return Explanation.make(
         saliency,
         targets=scorer.explained,
