@@ -293,3 +293,43 @@ def test_other_benchmark_scripts(name: str, tables: int, runs: dict[str, Run]) -
         for row in rows:
             for column in ratios:
                 _positive(row[column])
+
+
+def test_rise_variants_measures_each_mask_design(tmp_path: Path) -> None:
+    """The antithetic and stratified masks are what the script says: complements with the same
+    shifts, and every cell kept in exactly half of the masks; and the table has a correlation
+    per design."""
+    spec = importlib.util.spec_from_file_location("rise_variants", BENCHMARKS / "rise_variants.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    antithetic = script.draw("antithetic", 10, (32, 32), seed=0)
+    assert bool((antithetic.grids[5:] == ~antithetic.grids[:5]).all())
+    assert bool((antithetic.shifts[5:] == antithetic.shifts[:5]).all())
+    stratified = script.draw("stratified", 10, (32, 32), seed=0)
+    assert bool((stratified.grids.sum(0) == 5).all())
+    out = tmp_path / "variants.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "rise_variants.py"),
+            "--budgets",
+            "32",
+            "--pairs",
+            "1",
+            "--threads",
+            "1",
+            "--markdown",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = _table(out.read_text(encoding="utf-8"), "masks")
+    assert row["masks"] == "32"
+    for design in ("independent", "antithetic", "stratified"):
+        assert -1.0 <= float(row[design]) <= 1.0
