@@ -139,9 +139,11 @@ def plain_x(loaded: LoadedModel, image: Path) -> torch.Tensor:
 def test_segmentation_model_by_name_with_its_recipe_and_categories() -> None:
     loaded = load_model("fcn_resnet50", "random", size=64)
     assert loaded.categories is not None and loaded.categories[0] == "__background__"
-    assert loaded.preprocess.describe().startswith("resize 64, centre crop 64, mean (0.485")  # type: ignore[attr-defined]
+    assert loaded.preprocess.describe().startswith(  # type: ignore[attr-defined]
+        "short side resized to 64, centre crop 64, mean 0.485,0.456"
+    )
     default = load_model("deeplabv3_mobilenet_v3_large", "random")
-    assert default.preprocess.describe().startswith("resize 520, centre crop 520")  # type: ignore[attr-defined]
+    assert default.preprocess.describe().startswith("short side resized to 520, centre crop 520")  # type: ignore[attr-defined]
 
 
 def test_segmentation_default_and_given_class_are_its_pixels_of_that_class(
@@ -266,7 +268,7 @@ def test_named_detector_loads_with_random_weights_and_says_when_it_detects_nothi
     loaded = load_model("ssdlite320_mobilenet_v3_large", "random", size=64)
     assert isinstance(loaded.model, torch.nn.Module) and not loaded.model.training
     assert loaded.preprocess.describe() == (  # type: ignore[attr-defined]
-        "resize 64, centre crop 64, mean (0.0, 0.0, 0.0), std (1.0, 1.0, 1.0)"
+        "short side resized to 64, centre crop 64, mean 0,0,0, std 1,1,1"
     )
     assert loaded.categories is not None and loaded.categories[1] == "person"
     out = tmp_path / "out"

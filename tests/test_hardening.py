@@ -19,7 +19,7 @@ from torch import nn
 import backlight
 from backlight import metrics
 
-from .conftest import explain, methods_with
+from .conftest import cheap, explain, methods_with
 from .test_guarantees import _assert_unchanged, _snapshot
 
 METHODS = methods_with()
@@ -745,7 +745,7 @@ def _sweep_targets() -> dict[str, tuple[Any, list[str]]]:
         ),
     }
     for info in backlight.list_methods():
-        function = bind(info.function, model=model, x=x, target=1, **info.quick)
+        function = bind(info.function, model=model, x=x, target=1, **cheap(info))
         options = [o for o in info.options if o != "progress"]
         targets[info.name] = (function, ["model", "x", "target", *options])
     return targets

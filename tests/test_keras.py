@@ -26,6 +26,7 @@ from torch import nn
 import backlight
 from backlight.methods.rise import RiseMasks
 
+from .conftest import cheap
 from .keras_reference.model import CLASSES, SHAPE, build
 
 if os.environ.get("BACKLIGHT_REQUIRE_KERAS") == "1":
@@ -375,7 +376,7 @@ def test_the_twin_is_the_keras_model(small, twin, x_small) -> None:
 
 @pytest.mark.parametrize("info", backlight.list_methods(), ids=lambda info: info.name)
 def test_every_method_gives_the_twins_maps(small, twin, x_small, info) -> None:
-    options = dict(info.quick)
+    options = cheap(info)
     if info.layered:
         options["layer"] = "conv3"
     if info.family == "excitation":
@@ -491,7 +492,7 @@ def test_model_and_input_unchanged_even_on_error(small, x_small) -> None:
         tensor = torch.tensor(x_small)
         tensor_before = tensor.clone()
         for info in backlight.list_methods():
-            info.function(small, x_small, CLASSES, **info.quick)
+            info.function(small, x_small, CLASSES, **cheap(info))
         backlight.guided_backprop(small, tensor, CLASSES)
         with pytest.raises(backlight.TargetError):
             backlight.grad_cam(small, x_small, 7)
@@ -751,8 +752,8 @@ def test_resnet50_every_input_level_method_equals_the_literal_forward(resnet50, 
     through the literal forward pass: the same maps."""
     x = np.random.default_rng(3).normal(size=(2, 96, 96, 3)).astype("float32") * 50
     literal = Literal(resnet50)
-    ours = info.function(resnet50, x, [3, 999], **info.quick)
-    theirs = info.function(literal, torch.tensor(x).permute(0, 3, 1, 2), [3, 999], **info.quick)
+    ours = info.function(resnet50, x, [3, 999], **cheap(info))
+    theirs = info.function(literal, torch.tensor(x).permute(0, 3, 1, 2), [3, 999], **cheap(info))
     tolerance = 1e-3 if info.family == "perturbation" else 1e-4
     assert float((ours - theirs).abs().max()) <= tolerance * float(theirs.abs().max())
 

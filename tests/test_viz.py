@@ -838,3 +838,21 @@ def test_report_replaces_an_old_report_atomically(tmp_path: Path) -> None:
     viz.report(path, **inputs)
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_a_gray_background_blends_over_the_luminance() -> None:
+    image = torch.zeros(3, 4, 4)
+    image[0] = 1.0  # pure red: luma 0.299
+    heat = torch.rand(1, 4, 4)
+    under = viz.overlay(image, heat, alpha=0.0, background="gray")
+    assert np.all(under == round(0.299 * 255))
+    full = viz.overlay(image, heat, alpha=1.0, cmap="viridis", background="gray")
+    np.testing.assert_array_equal(full, viz.overlay(image, heat, alpha=1.0, cmap="viridis"))
+    half = viz.overlay(image, heat, alpha=0.5, cmap="gray", percentile=100, background="gray")
+    expected = 0.5 * 0.299 + 0.5 * np.asarray(viz.normalize(heat, percentile=100))[0]
+    np.testing.assert_allclose(half[..., 0] / 255, expected, atol=1 / 255)
+    with pytest.raises(OptionError, match="`background` must be 'image'"):
+        viz.overlay(image, heat, background="grey")
+    maps = {"m": heat[None]}
+    gray_grid = viz.grid(image[None], maps, background="gray", cell_size=32)
+    assert not np.array_equal(gray_grid, viz.grid(image[None], maps, cell_size=32))

@@ -6,8 +6,8 @@ What a method is registered with is what cannot be read from its code and its do
 from its signature (the keyword-only parameters after ``model, x, target``), their descriptions
 from the ``Args:`` section of its docstring, its summary from the docstring's first paragraph
 (after the method's title and a colon), its reference from a ``Paper:`` section and its other
-names from an ``Aliases:`` section. So the listing, the CLI and the documentation cannot drift
-apart.
+names from an ``Aliases:`` section, what its cheap settings cost from a ``Quick:`` section. So
+the listing, the CLI and the documentation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
+
+import torch
 
 from ._keras import adapt, is_keras_model
 from ._result import Explanation
@@ -48,6 +50,8 @@ class MethodInfo:
         options: the keyword options beyond ``model, x, target``, read from the signature.
         quick: options that make a run cheap (fewer masks or iterations) for tests and smoke
             runs; empty for methods that are one forward and one backward pass.
+        quick_note: what ``quick`` costs in accuracy (the docstring's ``Quick:`` section), as
+            ``backlight methods`` states it and a test checks it.
         demo: options, over ``quick``, that the demo and the bench use on the 64x64 shapes: cheap
             but enough for the map to converge.
         layered: the map belongs to a layer (a CAM layer by default), so a layer chosen for
@@ -66,6 +70,7 @@ class MethodInfo:
     aliases: tuple[str, ...] = ()
     options: tuple[str, ...] = field(default=())
     quick: dict[str, Any] = field(default_factory=dict)
+    quick_note: str = ""
     demo: dict[str, Any] = field(default_factory=dict)
     layered: bool = False
     smoothable: bool = False
@@ -104,6 +109,9 @@ def register(
         if clash:
             raise RuntimeError(f"method name(s) {clash} registered twice")
         options = options_of(function)
+        quick_note = docstring_sections(inspect.getdoc(function) or "").get("Quick", "")
+        if set(quick or {}) - {"progress"} and not quick_note:
+            raise RuntimeError(f"{name}: quick settings need a 'Quick:' section saying their cost")
         for settings in (quick or {}, demo or {}):
             unknown = set(settings) - set(options)
             if unknown:
@@ -118,6 +126,7 @@ def register(
             aliases=aliases,
             options=options,
             quick=dict(quick or {}),
+            quick_note=quick_note.rstrip("."),
             demo=dict(demo or {}),
             layered=layered,
             smoothable=smoothable,
@@ -267,10 +276,14 @@ def get_method(name: str) -> MethodInfo:
     for info in _REGISTRY.values():
         if name in info.names:
             return info
-    names = [n for m in _REGISTRY.values() for n in m.names]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise OptionError(f"unknown method {name!r}{hint} (available: {', '.join(sorted(names))})")
+    owner = {n: m.name for m in _REGISTRY.values() for n in m.names}
+    close = difflib.get_close_matches(name, list(owner), n=6, cutoff=0.5)
+    methods = list(dict.fromkeys(owner[c] for c in close))[:3]  # a method once, by its name
+    hint = f"; did you mean {', '.join(repr(m) for m in methods)}?" if methods else ""
+    listed = ", ".join(sorted(_REGISTRY))
+    raise OptionError(
+        f"unknown method {name!r}{hint} (available: {listed}; see `backlight methods`)"
+    )
 
 
 def call_options(
@@ -307,3 +320,28 @@ def option_doc(info: MethodInfo, option: str) -> str:
         if option in other.option_docs:
             return other.option_docs[option]
     return ""
+
+
+def setting_text(value: Any) -> str:
+    """An option's value as the command line's ``--set`` writes it (``true``, ``none``,
+    ``0.05,0.1``, ``bfloat16``), a tensor as its shape and a callable or module as its name:
+    short enough for a summary line or a report's table."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 4:
+            return setting_text([float(v) for v in value.flatten().tolist()])
+        return f"tensor {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(setting_text(v) for v in value)
+    if isinstance(value, torch.nn.Module):
+        return type(value).__name__
+    if callable(value):
+        return str(getattr(value, "__qualname__", None) or type(value).__name__)
+    return repr(value)

@@ -9,17 +9,19 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .._layers import trace
-from .._registry import list_methods
+from .._registry import list_methods, setting_text
 from ._errors import CliError, Failure, UsageError
 from ._explain import (
     Job,
@@ -29,7 +31,7 @@ from ._explain import (
     parse_settings,
     write,
 )
-from ._models import load_model
+from ._models import CROPS, adjusted, load_model
 from ._outputs import file_stems, staged
 from ._run import add_commands, report_command, run_command
 from ._targets import model_output, parse_target_spec, read_task
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--method",
         default="grad_cam,guided_backprop",
-        help="comma-separated method names, or 'all' (see `backlight methods`)",
+        help="comma-separated method names, or 'all' (see `backlight methods`; default "
+        "grad_cam,guided_backprop)",
     )
     explain.add_argument(
         "--target",
@@ -70,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--quick",
         action="store_true",
-        help="cheap settings for the slow methods (fewer masks, iterations)",
+        help="cheap settings for the slow methods (fewer masks, channels or steps; "
+        "`backlight methods` gives each one's settings and what they cost in accuracy)",
     )
     explain.add_argument(
         "--set",
@@ -79,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[METHOD.]NAME=VALUE",
         help="a method option, e.g. num_masks=4000, autocast=bfloat16, "
         "extremal_perturbation.areas=0.05,0.1 (repeatable; see `backlight methods`)",
+    )
+    explain.add_argument(
+        "--device",
+        help="where the model runs: cpu, cuda, cuda:1, mps (default: cpu)",
     )
     explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     add_commands(commands, _model_options)
@@ -125,6 +133,19 @@ def _model_options(parser: argparse.ArgumentParser, weights: str = "DEFAULT") ->
     )
     parser.add_argument("--size", type=int, help="input side in pixels (default: the weights')")
     parser.add_argument("--classes", help="a text file with one class name per line")
+    if weights == "random":
+        return  # `layers`: no images
+    parser.add_argument(
+        "--crop",
+        choices=CROPS,
+        help="center: the short side resized, the centre cut out (the weights' recipe, the "
+        "default); resize: the whole image resized to the square, nothing cut off",
+    )
+    parser.add_argument(
+        "--mean",
+        help="per-channel mean to normalise with, e.g. 0.5,0.5,0.5 (default: the weights')",
+    )
+    parser.add_argument("--std", help="per-channel std to normalise with (default: the weights')")
 
 
 def _categories(args: argparse.Namespace, default: list[str] | None) -> list[str] | None:
@@ -147,10 +168,13 @@ def _explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
     overrides = parse_settings(args.set, methods)
     loaded = load_model(args.model, args.weights, size=args.size)
-    names, shown, x = load_images(args.images, loaded.preprocess)
+    preprocess = adjusted(loaded.preprocess, crop=args.crop, mean=args.mean, std=args.std)
+    device = _device(args.device)
+    names, shown, x = load_images(args.images, preprocess)
+    model, x = loaded.model.to(device), x.to(device)
     categories = _categories(args, loaded.categories)
     with torch.inference_mode():
-        task = read_task(model_output(loaded.model, x[:1]), categories)
+        task = read_task(model_output(model, x[:1]), categories)
     classes = task.classes
     if (
         args.classes
@@ -163,7 +187,7 @@ def _explain(args: argparse.Namespace) -> int:
             "classes; give one name per class, in the order of the model's outputs"
         )
     job = Job(
-        model=loaded.model,
+        model=model,
         names=names,
         shown=shown,
         x=x,
@@ -175,8 +199,40 @@ def _explain(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         title=f"backlight: {loaded.name} ({loaded.weights})",
         overrides=overrides,
+        details={
+            "model": loaded.name,
+            "weights": loaded.weights,
+            "preprocessing": _describe(preprocess),
+            "device": str(device),
+        },
     )
     return _run(job, Path(args.out), args.quiet)
+
+
+def _describe(preprocess: object) -> str:
+    describe = getattr(preprocess, "describe", None)
+    return str(describe()) if callable(describe) else type(preprocess).__name__
+
+
+def _device(text: str | None) -> torch.device:
+    """``--device``: a device torch knows and this machine has."""
+    if text is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise UsageError(
+            f"--device {text!r} is not a device: write cpu, cuda, cuda:1 or mps"
+        ) from e
+    present = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available()
+        and (device.index is None or device.index < torch.cuda.device_count()),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not present:
+        raise Failure(f"--device {text}: this machine has no such device (use --device cpu)")
+    return device
 
 
 def _run(job: Job, out: Path, quiet: bool) -> int:
@@ -187,6 +243,9 @@ def _run(job: Job, out: Path, quiet: bool) -> int:
     if not quiet:
         for name, top in zip(job.names, result.predictions, strict=True):
             print(f"{name}: {top[0][0]} ({top[0][1]:.2f})")
+        for method, options in result.settings.items():
+            shown = ", ".join(f"{k}={setting_text(v)}" for k, v in options.items())
+            print(f"{method} ({result.times[method]:.1f} s): {shown or 'no options'}")
         took = time.perf_counter() - start
         print(f"wrote {len(written)} files to {out}/ in {took:.1f} s: grid.png, report.html")
     return 0
@@ -197,6 +256,10 @@ def _methods() -> int:
         aliases = f" (also {', '.join(info.aliases)})" if info.aliases else ""
         print(f"{info.name:33s} {info.family:12s} {info.summary}{aliases}")
         print(f"{'':33s} {'':12s} options: {', '.join(info.options) or '-'}")
+        quick = {k: v for k, v in info.quick.items() if k != "progress"}
+        if quick:
+            shown = ", ".join(f"{k}={setting_text(v)}" for k, v in quick.items())
+            print(f"{'':33s} {'':12s} --quick: {shown} ({info.quick_note})")
     return 0
 
 
@@ -246,6 +309,11 @@ def _demo(args: argparse.Namespace) -> int:
         demo=True,
         progress=not args.quiet,
         title="backlight demo: DemoNet on synthetic shapes",
+        details={
+            "model": "demo (DemoNet, the weights shipped in the package)",
+            "preprocessing": "none: the 64x64 synthetic images in [0, 1], as generated",
+            "device": "cpu",
+        },
     )
     return _run(job, Path(args.out), args.quiet)
 
@@ -274,7 +342,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    logging.basicConfig(level=logging.WARNING, format="backlight: %(message)s")
+    with _log_to_stderr():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "explain":
@@ -305,6 +377,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is logged (tests and callers swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """backlight's own log lines (the layer it chose, RISE's warnings) on stderr, prefixed
+    ``backlight:``, for the command's duration; other libraries' (Hugging Face, Ray) keep their
+    own format, and the logger is as it was afterwards (``main`` may run inside a program)."""
+    log = logging.getLogger("backlight")
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("backlight: %(message)s"))
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _one_line(text: str) -> str:

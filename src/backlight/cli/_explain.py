@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import viz
-from .._registry import MethodInfo, call_options, get_method, list_methods
+from .._registry import MethodInfo, call_options, get_method, list_methods, setting_text
 from ..data.files import read_image
 from ..errors import (
     BacklightError,
@@ -29,6 +29,7 @@ from ..errors import (
     OptionError,
     TargetError,
 )
+from ..methods.cam import vit_reshape
 from ..targets import Target
 from ._errors import Failure, UsageError
 from ._outputs import staged
@@ -56,6 +57,9 @@ def parse_methods(text: str) -> list[MethodInfo]:
 # Options that have flags of their own (or that the command sets itself).
 _OWN_FLAGS = {"layer": "--layer", "progress": "--quiet"}
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Public functions an option can take by name (``--set reshape=vit_reshape``; ``reshape=vit``
+#: names the same layout).
+_CALLABLES: dict[str, Callable[..., Any]] = {"vit_reshape": vit_reshape}
 
 
 def parse_settings(
@@ -65,8 +69,8 @@ def parse_settings(
 
     A bare NAME goes to every chosen method that takes it; METHOD.NAME to that method only.
     Values: ``true``/``false``, ``none``, integers, decimals, ``bfloat16``/``float16`` (for
-    ``autocast``), comma-separated lists of these, or else the text itself. Whether a value suits
-    the option is the method's own check, when it runs.
+    ``autocast``), ``vit_reshape`` (for ``reshape``), comma-separated lists of these, or else
+    the text itself. Whether a value suits the option is the method's own check, when it runs.
     """
     settings: dict[str, dict[str, Any]] = {}
     for text in texts:
@@ -113,6 +117,8 @@ def _setting_value(text: str) -> Any:
         return None
     if lowered in _DTYPES:
         return _DTYPES[lowered]
+    if text.removeprefix("backlight.") in _CALLABLES:
+        return _CALLABLES[text.removeprefix("backlight.")]
     for kind in (int, float):
         try:
             return kind(text)
@@ -165,6 +171,8 @@ class Job:
     title: str = "backlight report"
     demo: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what the report says of the run: model, weights, preprocessing, device
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,7 +190,7 @@ def _options(method: MethodInfo, job: Job) -> dict[str, Any]:
         quick=job.quick,
         demo=job.demo,
         layer=job.layer,
-        progress=False,  # the command has its own progress bar
+        progress=job.progress,  # the slow methods' own bars: passes or iterations, with an ETA
         overrides=job.overrides.get(method.name),
     )
 
@@ -217,19 +225,23 @@ def compute(job: Job) -> Result:
         if tensor.shape[1] not in (1, 3):
             tensor = tensor.sum(dim=1, keepdim=True)
         maps[method.name] = tensor.detach().float().cpu()
-        settings[method.name] = {k: v for k, v in options.items() if k != "progress"}
+        # every option it ran with, defaults included, and the layer it chose
+        settings[method.name] = {k: v for k, v in result.settings.items() if k != "progress"}
     return Result(maps, settings, times, predictions, targets)
 
 
 def write(job: Job, result: Result, out: Path) -> list[Path]:
     """One overlay PNG per image and method, ``grid.png`` and ``report.html`` in ``out``: all of
     them, or (on any failure, Ctrl-C included) none (:func:`staged`)."""
-    renders = {name: viz.overlay(job.shown, maps) for name, maps in result.maps.items()}
+    # over the image's luminance: a saturated photo's colours do not compete with the map's
+    renders = {
+        name: viz.overlay(job.shown, maps, background="gray") for name, maps in result.maps.items()
+    }
     titles = [
         f"{name}\n{top[0][0]} {top[0][1]:.2f}"
         for name, top in zip(job.names, result.predictions, strict=True)
     ]
-    picture = viz.grid(job.shown, result.maps, row_titles=titles)
+    picture = viz.grid(job.shown, result.maps, row_titles=titles, background="gray")
     names: list[str] = []
     with staged(out) as stage:
         for method, pictures in renders.items():
@@ -241,10 +253,16 @@ def write(job: Job, result: Result, out: Path) -> list[Path]:
             job.shown,
             result.maps,
             predictions=result.predictions,
-            settings=result.settings,
+            settings={
+                method: {k: setting_text(v) for k, v in options.items()}
+                for method, options in result.settings.items()
+            },
             times=result.times,
             title=job.title,
             image_names=job.names,
+            details=job.details,
+            background="gray",
+            about={m.name: f"{m.summary}. {m.paper}." for m in job.methods},
         )
         names.append(report.name)
     return [Path(out) / name for name in names]

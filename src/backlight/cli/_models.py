@@ -3,13 +3,15 @@ with its weights (downloaded, from a state-dict file, or random) and its preproc
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
+import math
 import pickle
 import sys
 import urllib.error
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: ``--crop``: the centre of the image (the short side resized, then a square cut out, the
+#: usual classification recipe), or the whole image resized to the square (its aspect ratio
+#: lost, nothing cut off).
+CROPS = ("center", "resize")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the short side, crop the centre, and normalise: the usual classification recipe.
+    """Resize the short side, crop the centre, and normalise: the usual classification recipe;
+    or, with ``mode="resize"``, the whole image resized to ``crop`` x ``crop``.
 
     Returns the image twice: as shown (float (3, H, W) in [0, 1], the crop the map refers to)
     and as the model wants it.
@@ -44,15 +53,68 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    mode: str = "center"
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        image = TF.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
-        image = TF.center_crop(image, [self.crop])
+        whole = self.mode == "resize"  # else the centre: the short side resized, then cut
+        side = [self.crop, self.crop] if whole else [self.resize]
+        image = TF.resize(image, side, interpolation=self.interpolation, antialias=True)
+        if not whole:
+            image = TF.center_crop(image, [self.crop])
         shown = TF.to_tensor(image)
         return shown, TF.normalize(shown, list(self.mean), list(self.std))
 
     def describe(self) -> str:
-        return f"resize {self.resize}, centre crop {self.crop}, mean {self.mean}, std {self.std}"
+        size = (
+            f"whole image resized to {self.crop}x{self.crop}"
+            if self.mode == "resize"
+            else f"short side resized to {self.resize}, centre crop {self.crop}"
+        )
+        return f"{size}, mean {_floats(self.mean)}, std {_floats(self.std)}"
+
+
+def _floats(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def parse_floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+    """``--mean 0.5,0.5,0.5`` -> (0.5, 0.5, 0.5): three numbers, one per RGB channel (``--std``
+    ones positive)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} takes three numbers, one per channel: 0.5,0.5,0.5, not {text!r}")
+    if flag == "--std" and min(values) <= 0:
+        raise UsageError(f"{flag} values must be positive, not {text!r}")
+    return values
+
+
+def adjusted(
+    preprocess: Callable[[Image.Image], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    crop: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+) -> Callable[[Image.Image], tuple[torch.Tensor, torch.Tensor]]:
+    """The model's preprocessing with ``--crop``, ``--mean`` and ``--std`` (those given)."""
+    means, stds = parse_floats("--mean", mean), parse_floats("--std", std)
+    if crop is None and means is None and stds is None:
+        return preprocess
+    if not isinstance(preprocess, Preprocess):
+        raise UsageError(
+            "--crop, --mean and --std apply to PyTorch models; a Keras model takes its own "
+            "preprocess_input (and the whole image resized)"
+        )
+    changes: dict[str, Any] = {"mode": crop} if crop is not None else {}
+    if means is not None:
+        changes["mean"] = means
+    if stds is not None:
+        changes["std"] = stds
+    return replace(preprocess, **changes)
 
 
 @dataclass
@@ -114,8 +176,10 @@ def _timm() -> Any:
 
 
 def known_models() -> list[str]:
+    """Every model name ``--model`` takes, each once (torchvision's and timm's overlap)."""
     timm = _timm()
-    return _torchvision_names() + (list(timm.list_models()) if timm is not None else [])
+    names = _torchvision_names() + (list(timm.list_models()) if timm is not None else [])
+    return list(dict.fromkeys(names))
 
 
 def load_model(spec: str, weights: str, *, size: int | None = None) -> LoadedModel:
@@ -216,7 +280,8 @@ def _load_torchvision(name: str, weights: str, size: int | None) -> LoadedModel:
     if weights == "DEFAULT" or weights in enum.__members__:
         chosen = default if weights == "DEFAULT" else enum[weights]
         try:
-            model = _build(name, chosen)
+            with contextlib.redirect_stdout(sys.stderr):  # torch.hub's "Downloading: ..." line
+                model = _build(name, chosen)
         except (urllib.error.URLError, OSError, RuntimeError) as e:
             raise Failure(
                 f"could not get the {chosen} weights of {name} ({e}); without a network, pass "
@@ -235,7 +300,8 @@ def _load_timm(timm: Any, name: str, weights: str, size: int | None) -> LoadedMo
     if weights == "random":
         torch.manual_seed(0)  # as for torchvision: the same random model every run
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the command's own output
+            model = timm.create_model(name, pretrained=pretrained)
     except Exception as e:  # timm raises many kinds of errors when offline
         raise Failure(
             f"could not create timm model {name} with pretrained weights ({e}); without a "

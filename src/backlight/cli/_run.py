@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import BacklightError, LayerError, LayerNotFoundError, OptionError, TargetError
 from ._errors import Failure, UsageError
 from ._explain import parse_methods, parse_settings
+from ._models import adjusted, load_model
 
 
 def add_commands(commands: Any, model_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -62,6 +63,10 @@ def run_command(args: argparse.Namespace, classes: list[str] | None) -> int:
 
     methods = parse_methods(args.method)
     settings = parse_settings(args.set, methods)
+    preprocess = None
+    if args.crop is not None or args.mean is not None or args.std is not None:
+        recipe = load_model(args.model, args.weights, size=args.size).preprocess
+        preprocess = adjusted(recipe, crop=args.crop, mean=args.mean, std=args.std)
     try:
         summary = run(
             args.source,
@@ -69,6 +74,7 @@ def run_command(args: argparse.Namespace, classes: list[str] | None) -> int:
             model=args.model,
             weights=args.weights,
             size=args.size,
+            preprocess=preprocess,  # the model's own, with --crop, --mean, --std
             classes=classes,
             methods=[m.name for m in methods],
             target=args.target,

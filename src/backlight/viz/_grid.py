@@ -119,6 +119,7 @@ def grid(
     row_titles: Sequence[str] | None = None,
     show_images: bool = True,
     alpha: float = 0.5,
+    background: Literal["image", "gray"] = "image",
     cmap: Cmap | Mapping[str, Cmap] = None,
     mode: Mode = "auto",
     percentile: float = 99.0,
@@ -148,6 +149,8 @@ def grid(
         row_titles: one string per image (``"\\n"`` starts a new line), or ``None``.
         show_images: add a first column with the images themselves.
         alpha: the map's weight in the overlays, in [0, 1].
+        background: what the maps are blended over: ``"image"`` (as it is) or ``"gray"`` (its
+            luminance, easier to read over saturated photos; the command line's choice).
         cmap: one colormap for every method, or a mapping method name -> colormap (methods
             left out choose by sign); any matplotlib colormap, as in :func:`colorize`.
         mode: the scaling of :func:`normalize`, chosen once per method for all its images.
@@ -180,7 +183,13 @@ def grid(
     if not methods and not show_images:
         raise OptionError("`maps` is empty and `show_images` is False: the grid would be empty")
     style = Style.checked(
-        methods, alpha=alpha, cmap=cmap, mode=mode, percentile=percentile, rgb_k=rgb_k
+        methods,
+        alpha=alpha,
+        cmap=cmap,
+        mode=mode,
+        percentile=percentile,
+        rgb_k=rgb_k,
+        background=background,
     )
     if cell_size is not None:
         cell_size = check_size("cell_size", cell_size)

@@ -189,6 +189,20 @@ def check_alpha(alpha: Any) -> float:
     return value
 
 
+#: What a map is blended over: the image as it is, or its luminance (grey), which keeps a
+#: saturated photo's colours from competing with the colormap's (Captum's blended heat map).
+BACKGROUNDS = ("image", "gray")
+
+
+def check_background(background: Any) -> str:
+    if not isinstance(background, str) or background not in BACKGROUNDS:
+        raise OptionError(
+            f"`background` must be 'image' (the image as it is) or 'gray' (its luminance), "
+            f"not {background!r}"
+        )
+    return background
+
+
 def check_percentile(percentile: Any) -> float:
     value = _real(percentile)
     if value is None or not 50 < value <= 100:

@@ -16,6 +16,7 @@ from ._inputs import (
     as_image,
     as_maps,
     check_alpha,
+    check_background,
     check_percentile,
     is_tensor,
     require_channels,
@@ -86,12 +87,17 @@ def heat_panel(
     mode: Literal["minmax", "symmetric"],
     alpha: float,
     percentile: float,
+    background: str = "image",
 ) -> tuple[U8, Scale]:
-    """One (1, h, w) map resized to the image, colourised and blended over it."""
+    """One (1, h, w) map resized to the image, colourised and blended over it (or over its
+    luminance, ``background="gray"``)."""
     height, width = image.shape[:2]
     resized = resize_maps(sample[None], (height, width))[0, 0]
     scaled, scale = scale_sample(resized, mode, percentile)
-    blended = (1 - alpha) * (image.astype(np.float64) / 255) + alpha * cmap(scaled)
+    base = image.astype(np.float64) / 255
+    if background == "gray":  # ITU-R 601 luma, as PIL's convert("L")
+        base = np.repeat(base @ np.array([0.299, 0.587, 0.114])[:, None], 3, axis=2)
+    blended = (1 - alpha) * base + alpha * cmap(scaled)
     return to_uint8(blended), scale
 
 
@@ -150,6 +156,7 @@ def overlay(
     cmap: Cmap = None,
     mode: Mode = "auto",
     percentile: float = 99.0,
+    background: Literal["image", "gray"] = "image",
 ) -> U8:
     """Blend a colourised map over its image: ``(1 - alpha) · image + alpha · cmap(map)``.
 
@@ -164,6 +171,8 @@ def overlay(
         cmap: as for :func:`colorize`.
         mode: as for :func:`colorize`; for a batch the choice is made once for all samples.
         percentile: as for :func:`normalize`.
+        background: ``"image"`` blends over the image as it is, ``"gray"`` over its luminance
+            (the map's colours then read alone, over a saturated photo too).
 
     Returns:
         uint8 (H, W, 3), or (N, H, W, 3) for a batch of images.
@@ -183,6 +192,7 @@ def overlay(
     """
     alpha = check_alpha(alpha)
     percentile = check_percentile(percentile)
+    background = check_background(background)  # type: ignore[assignment]
     images, batched = _images_for_overlay(image)
     maps, _ = as_maps(map, "map")
     require_channels(maps, 1, "map", ONE_CHANNEL_FIX)
@@ -194,7 +204,7 @@ def overlay(
     chosen, resolved = choose(maps, cmap, mode)
     panels = np.stack(
         [
-            heat_panel(im, m, chosen, resolved, alpha, percentile)[0]
+            heat_panel(im, m, chosen, resolved, alpha, percentile, background)[0]
             for im, m in zip(images, maps, strict=True)
         ]
     )

@@ -11,7 +11,14 @@ from PIL import Image
 
 from ..errors import InputError, InputTypeError, OptionError
 from ._colormaps import Colormap, colormap
-from ._inputs import U8, as_maps, check_alpha, check_percentile, check_positive
+from ._inputs import (
+    U8,
+    as_maps,
+    check_alpha,
+    check_background,
+    check_percentile,
+    check_positive,
+)
 from ._overlay import Cmap, choose, heat_panel, resize_maps
 from ._scale import Mode, Scale, check_mode, rgb_sample, to_uint8
 
@@ -38,6 +45,7 @@ class Style:
     """The display options shared by :func:`grid` and :func:`report`, checked once."""
 
     alpha: float
+    background: str
     mode: Mode
     percentile: float
     rgb_k: float
@@ -54,6 +62,7 @@ class Style:
         mode: Any,
         percentile: Any,
         rgb_k: Any,
+        background: Any = "image",
     ) -> Style:
         if isinstance(cmap, Mapping):
             unknown = [name for name in cmap if name not in methods]
@@ -71,6 +80,7 @@ class Style:
                 colormap(chosen)
         return cls(
             alpha=check_alpha(alpha),
+            background=check_background(background),
             mode=check_mode(mode),
             percentile=check_percentile(percentile),
             rgb_k=check_positive("rgb_k", rgb_k),
@@ -131,7 +141,7 @@ def render_method(
     scales: list[Scale] = []
     if channels == 1 or heat_for_rgb:
         rendered = [
-            heat_panel(im, m, cmap, mode, style.alpha, style.percentile)
+            heat_panel(im, m, cmap, mode, style.alpha, style.percentile, style.background)
             for im, m in zip(images, heat_maps, strict=True)
         ]
         heat = [panel for panel, _ in rendered]

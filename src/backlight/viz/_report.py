@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,10 @@ table { border-collapse: collapse; }
 .methods th, .methods td { text-align: left; vertical-align: top; padding: 4px 18px 4px 0;
   border-bottom: 1px solid #e3e3e3; }
 .methods th { font-weight: 600; }
+.details { margin: 0 0 16px; }
+.details th, .details td { text-align: left; padding: 1px 14px 1px 0; font-size: 13px; }
+.details th { font-weight: 600; color: #444; }
+.about { color: #555; font-size: 12px; max-width: 28em; margin-top: 2px; }
 .settings { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px;
   white-space: nowrap; }
 .time { white-space: nowrap; }
@@ -71,7 +75,10 @@ def report(
     times: Mapping[str, float] | None = None,
     title: str = "backlight report",
     image_names: Sequence[str] | None = None,
+    details: Mapping[str, str] | None = None,
+    about: Mapping[str, str] | None = None,
     alpha: float = 0.5,
+    background: Literal["image", "gray"] = "image",
     cmap: Cmap | Mapping[str, Cmap] = None,
     mode: Mode = "auto",
     percentile: float = 99.0,
@@ -103,7 +110,12 @@ def report(
         times: method name -> seconds it took (for the whole batch).
         title: the page's title and heading.
         image_names: one label per image (e.g. the file name); default "image 1", ...
+        details: what the run was, shown under the title: name -> text (``{"model":
+            "resnet50", "preprocessing": "centre crop 224, ..."}``).
+        about: method name -> what the method computes and its paper, shown in the table.
         alpha: the map's weight in the overlays, in [0, 1].
+        background: what the maps are blended over: ``"image"`` (as it is) or ``"gray"`` (its
+            luminance, easier to read over saturated photos; the command line's choice).
         cmap: one colormap for all methods or method name -> colormap, any matplotlib
             colormap as in :func:`colorize`; ``None`` picks ``"coolwarm"`` for signed maps and
             ``"inferno"`` otherwise.
@@ -139,7 +151,13 @@ def report(
     """
     methods = check_methods(maps)
     style = Style.checked(
-        methods, alpha=alpha, cmap=cmap, mode=mode, percentile=percentile, rgb_k=rgb_k
+        methods,
+        alpha=alpha,
+        cmap=cmap,
+        mode=mode,
+        percentile=percentile,
+        rgb_k=rgb_k,
+        background=background,
     )
     if panel_size is not None:
         panel_size = check_size("panel_size", panel_size)
@@ -149,6 +167,11 @@ def report(
     top = _check_predictions(predictions, count)
     method_settings = _check_per_method("settings", settings, methods)
     method_times = _check_per_method("times", times, methods)
+    method_about = _check_per_method("about", about, methods)
+    run_details = _check_texts("details", details)
+    for name, text in method_about.items():
+        if not isinstance(text, str):
+            raise OptionError(f"`about[{name!r}]` must be a string, not {type(text).__name__}")
     for name, seconds in method_times.items():
         if (
             isinstance(seconds, bool)
@@ -186,14 +209,17 @@ def report(
         f"method{'s' if len(rendered) != 1 else ''}. Each map is scaled on its own: colours "
         "compare places within one map, not values across maps.</p>",
     ]
+    if run_details:
+        parts.append(_details_table(run_details))
     if rendered:
-        parts.append(_methods_table(rendered, method_settings, method_times, style))
+        parts.append(_methods_table(rendered, method_settings, method_times, method_about, style))
     for i in range(count):
         parts.append(
             _sample(i, names[i], originals[i], pictures[i], top[i] if top else None, rendered)
         )
     parts += [
-        f"<footer>Made with backlight {_e(__version__)}. Overlays: (1 − α) · image + α · "
+        f"<footer>Made with backlight {_e(__version__)}. Overlays: (1 − α) · "
+        f"{'luminance(image)' if style.background == 'gray' else 'image'} + α · "
         f"colormap(map), α = {style.alpha:g}; maps are resized bilinearly to the image. "
         f"RGB: clip(0.5 + {style.rgb_k:g} · (g − mean) / std, 0, 1).</footer>",
         "</body>",
@@ -287,10 +313,16 @@ def _how(panels: MethodPanels, style: Style) -> str:
     return text
 
 
+def _details_table(details: Mapping[str, str]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in details.items())
+    return f'<table class="details">{rows}</table>'
+
+
 def _methods_table(
     rendered: list[MethodPanels],
     settings: Mapping[str, Any],
     times: Mapping[str, Any],
+    about: Mapping[str, str],
     style: Style,
 ) -> str:
     rows = ["<tr><th>method</th><th>settings</th><th>time</th><th>shown as</th></tr>"]
@@ -304,8 +336,12 @@ def _methods_table(
             shown = '<span class="muted">—</span>'
         seconds = times.get(panels.name)
         time = _e(_seconds(seconds)) if seconds is not None else '<span class="muted">—</span>'
+        what = about.get(panels.name)
+        name = f"<b>{_e(panels.name)}</b>"
+        if what:
+            name += f'<div class="about">{_e(what)}</div>'
         rows.append(
-            f'<tr><td><b>{_e(panels.name)}</b></td><td class="settings">{shown}</td>'
+            f'<tr><td>{name}</td><td class="settings">{shown}</td>'
             f'<td class="time">{time}</td><td>{_e(_how(panels, style))}</td></tr>'
         )
     return '<table class="methods">' + "".join(rows) + "</table>"
@@ -359,6 +395,16 @@ def _sample(
         f'<section class="sample" id="image-{index + 1}"><h2>{heading}</h2>'
         f'<div class="panels">{"".join(figures)}</div></section>'
     )
+
+
+def _check_texts(what: str, texts: Any) -> dict[str, str]:
+    if texts is None:
+        return {}
+    if not isinstance(texts, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in texts.items()
+    ):
+        raise OptionError(f"`{what}` must map names to strings, such as {{'model': 'resnet50'}}")
+    return dict(texts)
 
 
 def _check_names(image_names: Any, count: int) -> list[str]:
