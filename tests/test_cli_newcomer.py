@@ -162,7 +162,10 @@ def test_a_vision_transformer_gets_its_block_and_set_takes_the_reshape_by_name(
     argv += ["--method", "grad_cam"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert "layer=blocks.11.norm1" in capsys.readouterr().out
-    argv += ["--layer", "blocks.11.norm1"]  # a reshape is for a layer named
+    assert main([*argv, "--set", "reshape=vit_reshape", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err  # a reshape is for a layer named: a usage error, not a traceback
+    assert "name the layer" in err and "Traceback" not in err
+    argv += ["--layer", "blocks.11.norm1"]
     for value in ("vit", "vit_reshape", "backlight.vit_reshape"):
         code = main([*argv, "--set", f"reshape={value}", "--out", str(tmp_path / value)])
         captured = capsys.readouterr()
