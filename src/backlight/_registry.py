@@ -48,8 +48,9 @@ class MethodInfo:
         paper: the reference, as "Authors, Title, Venue Year".
         aliases: other names for the same method.
         options: the keyword options beyond ``model, x, target``, read from the signature.
-        quick: options that make a run cheap (fewer masks or iterations) for tests and smoke
-            runs; empty for methods that are one forward and one backward pass.
+        quick: options that make a run cheap and still meaningful (fewer masks, steps or
+            samples: ``--quick``); empty for methods that are one forward and one backward
+            pass.
         quick_note: what ``quick`` costs in accuracy (the docstring's ``Quick:`` section), as
             ``backlight methods`` states it and a test checks it.
         demo: options, over ``quick``, that the demo and the bench use on the 64x64 shapes: cheap
