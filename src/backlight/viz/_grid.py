@@ -183,14 +183,8 @@ def grid(
     if not methods and not show_images:
         raise OptionError("`maps` is empty and `show_images` is False: the grid would be empty")
     style = Style.checked(
-        methods,
-        alpha=alpha,
-        cmap=cmap,
-        mode=mode,
-        percentile=percentile,
-        rgb_k=rgb_k,
-        background=background,
-    )
+        methods, alpha=alpha, cmap=cmap, mode=mode, percentile=percentile, rgb_k=rgb_k
+    ).over(background)
     if cell_size is not None:
         cell_size = check_size("cell_size", cell_size)
     font_size = check_size("font_size", font_size)

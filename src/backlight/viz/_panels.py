@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -62,7 +62,6 @@ class Style:
         mode: Any,
         percentile: Any,
         rgb_k: Any,
-        background: Any = "image",
     ) -> Style:
         if isinstance(cmap, Mapping):
             unknown = [name for name in cmap if name not in methods]
@@ -80,13 +79,17 @@ class Style:
                 colormap(chosen)
         return cls(
             alpha=check_alpha(alpha),
-            background=check_background(background),
+            background="image",
             mode=check_mode(mode),
             percentile=check_percentile(percentile),
             rgb_k=check_positive("rgb_k", rgb_k),
             cmaps=cmaps,
             default_cmap=default,
         )
+
+    def over(self, background: Any) -> Style:
+        """The same style, blended over ``background`` (``"image"`` or ``"gray"``), checked."""
+        return replace(self, background=check_background(background))
 
 
 def check_methods(maps: Any) -> Mapping[str, Any]:

@@ -151,14 +151,8 @@ def report(
     """
     methods = check_methods(maps)
     style = Style.checked(
-        methods,
-        alpha=alpha,
-        cmap=cmap,
-        mode=mode,
-        percentile=percentile,
-        rgb_k=rgb_k,
-        background=background,
-    )
+        methods, alpha=alpha, cmap=cmap, mode=mode, percentile=percentile, rgb_k=rgb_k
+    ).over(background)
     if panel_size is not None:
         panel_size = check_size("panel_size", panel_size)
     originals = as_images(images)
