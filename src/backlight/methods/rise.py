@@ -170,6 +170,33 @@ def _mirror(i: int, n: int) -> int:
 AUTO_LIMIT, AUTO_STEP = 16_000, 256
 
 
+class _Moments:
+    """Σ f X, Σ f X², Σ f² X², Σ X and Σ X² of values X_i (one per column) of the masks, with
+    scores f_i (one row per map): what the mean of Z_i = (f_i - c) X_i / p and its standard
+    error are read from, for any c."""
+
+    def __init__(self, maps: int, columns: int, like: torch.Tensor) -> None:
+        self.fx = like.new_zeros(maps, columns)
+        self.fxx = like.new_zeros(maps, columns)
+        self.ffxx = like.new_zeros(maps, columns)
+        self.x = like.new_zeros(1, columns)
+        self.xx = like.new_zeros(1, columns)
+
+    def add(self, scores: torch.Tensor, values: torch.Tensor, squares: torch.Tensor) -> None:
+        """Scores (maps, B) of masks whose values are (B, columns), ``squares`` their squares."""
+        self.fx.addmm_(scores, values)
+        self.fxx.addmm_(scores, squares)
+        self.ffxx.addmm_(scores * scores, squares)
+        self.x += values.sum(dim=0, keepdim=True)
+        self.xx += squares.sum(dim=0, keepdim=True)
+
+    def estimate(self, c: torch.Tensor, n: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of Z over ``n`` masks and its standard error."""
+        mean = (self.fx - c * self.x) / (n * p)
+        square = (self.ffxx - 2 * c * self.fxx + c * c * self.xx) / (n * p * p)  # mean of Z²
+        return mean, ((square - mean * mean).clamp(min=0) / max(n - 1, 1)).sqrt()
+
+
 class _Sums:
     """Running sums of one image's masks and scores, from which the map and its standard error
     are read at any time, for both estimators.
@@ -177,7 +204,7 @@ class _Sums:
     With scores f_i (one row per map) and masks M_i (pixels), and c the mean score (the control
     variate; 0 for the plain estimator), the map is the mean of Z_i = (f_i - c) M_i / p, plus c
     (for the control variate, times N / (N - 1), which makes it unbiased with c estimated from
-    the same masks), and its standard error is that of the mean of Z_i. The same sums over each
+    the same masks), and its standard error is that of the mean of Z_i. The same moments of each
     mask's mean q_i give the standard error of the map's mean over pixels, the part of the noise
     that shifts every pixel alike and so changes neither the map's look nor its correlation
     with another map.
@@ -186,44 +213,24 @@ class _Sums:
     def __init__(self, maps: int, pixels: int, like: torch.Tensor) -> None:
         self.count = 0
         self.f = like.new_zeros(maps, 1)  # Σ f
-        self.fm = like.new_zeros(maps, pixels)  # Σ f M
-        self.fmm = like.new_zeros(maps, pixels)  # Σ f M²
-        self.ffmm = like.new_zeros(maps, pixels)  # Σ f² M²
-        self.m = like.new_zeros(1, pixels)  # Σ M
-        self.mm = like.new_zeros(1, pixels)  # Σ M²
-        self.fq = like.new_zeros(maps, 1)  # Σ f q, with q the mask's mean over pixels
-        self.fqq = like.new_zeros(maps, 1)  # Σ f q²
-        self.ffqq = like.new_zeros(maps, 1)  # Σ f² q²
-        self.q = like.new_zeros(1, 1)  # Σ q
-        self.qq = like.new_zeros(1, 1)  # Σ q²
+        self.pixels = _Moments(maps, pixels, like)  # of M, pixel by pixel
+        self.level = _Moments(maps, 1, like)  # of q, the mask's mean over pixels
 
     def add(self, scores: torch.Tensor, flat: torch.Tensor, squared: torch.Tensor) -> None:
         """Scores (maps, B) of masks ``flat`` (B, pixels), ``squared`` their squares."""
         self.count += flat.shape[0]
         self.f += scores.sum(dim=1, keepdim=True)
-        self.fm.addmm_(scores, flat)
-        self.fmm.addmm_(scores, squared)
-        self.ffmm.addmm_(scores * scores, squared)
-        self.m += flat.sum(dim=0, keepdim=True)
-        self.mm += squared.sum(dim=0, keepdim=True)
+        self.pixels.add(scores, flat, squared)
         q = flat.mean(dim=1, keepdim=True)
-        self.fq += scores @ q
-        self.fqq += scores @ (q * q)
-        self.ffqq += (scores * scores) @ (q * q)
-        self.q += q.sum()
-        self.qq += (q * q).sum()
+        self.level.add(scores, q, q * q)
 
     def estimate(self, p: float, control: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The map (maps, pixels), its standard error per pixel, and the standard error of its
         mean over pixels (maps, 1)."""
         n = self.count
         c = self.f / n if control and n > 1 else torch.zeros_like(self.f)
-        mean = (self.fm - c * self.m) / (n * p)  # mean of Z
-        square = (self.ffmm - 2 * c * self.fmm + c * c * self.mm) / (n * p * p)  # mean of Z²
-        error = ((square - mean * mean).clamp(min=0) / max(n - 1, 1)).sqrt()
-        level = (self.fq - c * self.q) / (n * p)  # the same for the masks' means
-        level_square = (self.ffqq - 2 * c * self.fqq + c * c * self.qq) / (n * p * p)
-        offset = ((level_square - level * level).clamp(min=0) / max(n - 1, 1)).sqrt()
+        mean, error = self.pixels.estimate(c, n, p)
+        _, offset = self.level.estimate(c, n, p)
         if control and n > 1:
             return mean * (n / (n - 1)) + c, error * (n / (n - 1)), offset * (n / (n - 1))
         return mean, error, offset
