@@ -23,15 +23,9 @@ import argparse
 
 import torch
 
-from backlight.data import make_batch
-from backlight.demo import load_demo_model
+from _timing import publish
 from backlight.methods.rise import RiseMasks
-
-
-def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.flatten().double() - a.double().mean()
-    b = b.flatten().double() - b.double().mean()
-    return float(a @ b / (a.norm() * b.norm()))
+from rise_quality import corr, setup
 
 
 def draw(kind: str, n: int, size: tuple[int, int], seed: int) -> RiseMasks:
@@ -57,8 +51,7 @@ def draw(kind: str, n: int, size: tuple[int, int], seed: int) -> RiseMasks:
 
 def estimate(model: torch.nn.Module, x: torch.Tensor, c: int, masks: RiseMasks) -> torch.Tensor:
     """The control-variate RISE map of ``x`` for class ``c`` over ``masks``, float64."""
-    n, total, scores = len(masks), None, []
-    rendered = []
+    n, scores, rendered = len(masks), [], []
     with torch.no_grad():
         for start in range(0, n, 64):
             m = masks.render(start, min(start + 64, n))
@@ -79,9 +72,7 @@ def main() -> None:
     parser.add_argument("--markdown", help="append the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_demo_model()
-    images, _, _ = make_batch(1, seed=3)
-    c = int(model(images).argmax())
+    model, images, c = setup("demo", 64)  # the image rise_quality.py explains
     size = (int(images.shape[-2]), int(images.shape[-1]))
     kinds = ("independent", "antithetic", "stratified")
     lines = [
@@ -104,11 +95,7 @@ def main() -> None:
             cells.append(f"{sum(values) / len(values):.4f}")
             print(budget, kind, values, flush=True)
         lines.append(f"| {budget} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(table + "\n")
+    publish("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":

@@ -295,10 +295,11 @@ def test_other_benchmark_scripts(name: str, tables: int, runs: dict[str, Run]) -
                 _positive(row[column])
 
 
-def test_rise_variants_measures_each_mask_design(tmp_path: Path) -> None:
+def test_rise_variants_measures_each_mask_design(tmp_path: Path, monkeypatch) -> None:
     """The antithetic and stratified masks are what the script says: complements with the same
     shifts, and every cell kept in exactly half of the masks; and the table has a correlation
     per design."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its imports of the scripts beside it
     spec = importlib.util.spec_from_file_location("rise_variants", BENCHMARKS / "rise_variants.py")
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
