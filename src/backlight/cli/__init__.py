@@ -31,7 +31,7 @@ from ._explain import (
     parse_settings,
     write,
 )
-from ._models import CROPS, adjusted, load_model
+from ._models import CROPS, adjusted, describe, load_model
 from ._outputs import file_stems, staged
 from ._run import add_commands, report_command, run_command
 from ._targets import model_output, parse_target_spec, read_task
@@ -202,16 +202,11 @@ def _explain(args: argparse.Namespace) -> int:
         details={
             "model": loaded.name,
             "weights": loaded.weights,
-            "preprocessing": _describe(preprocess),
+            "preprocessing": describe(preprocess),
             "device": str(device),
         },
     )
     return _run(job, Path(args.out), args.quiet)
-
-
-def _describe(preprocess: object) -> str:
-    describe = getattr(preprocess, "describe", None)
-    return str(describe()) if callable(describe) else type(preprocess).__name__
 
 
 def _device(text: str | None) -> torch.device:

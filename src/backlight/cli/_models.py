@@ -73,6 +73,13 @@ class Preprocess:
         return f"{size}, mean {_floats(self.mean)}, std {_floats(self.std)}"
 
 
+def describe(preprocess: object) -> str:
+    """What a preprocessing does, in words (its ``describe()``; else its repr), for the report
+    and a run's manifest."""
+    method = getattr(preprocess, "describe", None)
+    return str(method()) if callable(method) else repr(preprocess)
+
+
 def _floats(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 

@@ -315,7 +315,8 @@ def _model(
         chosen = preprocess
     if classes is not None:
         names = [str(c) for c in classes]
-    describe = getattr(chosen, "describe", None)
+    from ..cli._models import describe
+
     return {
         "module": module,
         "preprocess": chosen,
@@ -324,7 +325,7 @@ def _model(
         "weights": weights,
         "size": size,
         "given": None if isinstance(model, str) else model,
-        "describe": describe() if callable(describe) else repr(chosen),
+        "describe": describe(chosen),
     }
 
 
