@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from .test_readme_blocks import _blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _code_blocks() -> list[str]:
-    return re.findall(r"```\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    """The README's plain (command) blocks, read fence by fence."""
+    return _blocks("")
 
 
 def test_ci_runs_the_readme_test_command() -> None:
