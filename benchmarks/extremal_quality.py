@@ -12,9 +12,15 @@ given. For each result:
 TorchRay's schedule does not depend on ``max_iter``, so its runs of 100, 200 and 400 steps are
 the start of its 800-step run.
 
+With ``--noise``, a second table: how far TorchRay's own 800-step mask moves when the image gets
+Gaussian noise of each standard deviation given (seeded draws, ``--draws`` of each), as IoU with
+its mask on the clean image, beside backlight's fast path on the same noisy image: how stable
+the reference that the IoU target compares with is.
+
     python benchmarks/extremal_quality.py --model demo
     python benchmarks/extremal_quality.py --model resnet18 --size 224
     python benchmarks/extremal_quality.py --model demo --markdown out.md --plot docs/extremal.png
+    python benchmarks/extremal_quality.py --model demo --noise 0.003,0.01 --draws 4
 
 Needs ``pip install torchray`` (and matplotlib for ``--plot``).
 """
@@ -43,6 +49,8 @@ def main() -> None:
     parser.add_argument("--area", type=float, default=0.1)
     parser.add_argument("--torchray", default="100,200,400,800", help="TorchRay's step counts")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--noise", default="", help="noise standard deviations, e.g. 0.003,0.01")
+    parser.add_argument("--draws", type=int, default=4, help="noisy images per deviation")
     parser.add_argument("--markdown", help="append the table to this file")
     parser.add_argument("--plot", help="write the curves to this PNG")
     args = parser.parse_args()
@@ -56,22 +64,22 @@ def main() -> None:
     step = max(1, round(7 * side / 224))
     sigma = 3.0 * step  # TorchRay's 7 and 21 at 224 px, in proportion below
 
-    def torchray(max_iter: int) -> Callable[[], torch.Tensor]:
-        def run() -> torch.Tensor:
+    def torchray(max_iter: int) -> Callable[..., torch.Tensor]:
+        def run(image: torch.Tensor = x) -> torch.Tensor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 masks, _ = theirs(
-                    model, x, c, areas=[args.area], max_iter=max_iter, step=step, sigma=sigma
+                    model, image, c, areas=[args.area], max_iter=max_iter, step=step, sigma=sigma
                 )
             return masks[0, 0].detach()
 
         return run
 
-    def ours(**options: Any) -> Callable[[], torch.Tensor]:
+    def ours(image: torch.Tensor = x, **options: Any) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             result = backlight.extremal_perturbation(
                 model,
-                x,
+                image,
                 c,
                 areas=[args.area],
                 step=step,
@@ -130,10 +138,41 @@ def main() -> None:
                 "speed-up": tr_seconds / seconds,
                 "reward": reward(mask),
                 "area": float(kept.float().mean()),
-                "IoU": float((kept & reference).sum() / (kept | reference).sum().clamp(min=1)),
+                "IoU": _iou(kept, reference),
             }
         )
     publish(_markdown(rows, args), args, lambda path: _plot(rows, path, args))
+    if args.noise:
+        fast = {"schedule": "fast", "max_iter": 150, "tolerance": 0.01}
+        noisy = []
+        for sigma_noise in (float(v) for v in args.noise.split(",")):
+            for draw in range(args.draws):
+                noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(draw))
+                image = x + sigma_noise * noise
+                theirs_mask = torchray(800)(image) >= 0.5
+                ours_mask = ours(image, **fast)() >= 0.5
+                noisy.append(
+                    (sigma_noise, draw, _iou(theirs_mask, reference), _iou(ours_mask, reference))
+                )
+                print(*noisy[-1], flush=True)
+        publish(_noise_markdown(noisy, args), args, lambda path: None)
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum().clamp(min=1))
+
+
+def _noise_markdown(rows: list[tuple[float, int, float, float]], args: argparse.Namespace) -> str:
+    what = "demo model, 64 px" if args.model == "demo" else f"{args.model}, {args.size} px"
+    lines = [
+        f"Extremal perturbation on the {what} with noise added to the image: IoU with "
+        "TorchRay's 800-step mask on the clean image.",
+        "",
+        "| noise σ | draw | TorchRay, 800 steps | backlight fast, 150, tol 0.01 |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {s:g} | {d} | {t:.3f} | {o:.3f} |" for s, d, t, o in rows]
+    return "\n".join(lines)
 
 
 def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
