@@ -2,7 +2,10 @@
 
 - Integrated Gradients at ``--steps`` points against the bound (the same number of batched
   forward and backward passes to the input, on inputs made in advance) and Captum's
-  ``IntegratedGradients`` with ``internal_batch_size`` equal to the batch (the same memory).
+  ``IntegratedGradients`` with ``internal_batch_size`` equal to the batch (the same memory),
+  with and without ``return_convergence_delta=True`` (with it, Captum also runs the forward
+  passes on the input and the baseline that backlight always runs, for its targets and
+  ``.delta``: the same work).
 - Occlusion against Captum's ``Occlusion`` at the same window, stride and images per pass.
 - Ablation-CAM against pytorch-grad-cam's ``AblationCAM`` at the same batch of ablations, and
   its peak memory at two batch sizes (bounded by the batch, not by the number of channels).
@@ -53,10 +56,20 @@ def integrated(
             x, target=target, n_steps=steps, internal_batch_size=x.shape[0]
         )
 
+    def captum_delta() -> object:  # the same work as ours: the two forward passes for delta
+        return IntegratedGradients(model).attribute(
+            x,
+            target=target,
+            n_steps=steps,
+            internal_batch_size=x.shape[0],
+            return_convergence_delta=True,
+        )
+
     return {
         f"bound: {steps} forward+backward passes of {x.shape[0]}": bound,
         "backlight.integrated_gradients": ours,
         "Captum IntegratedGradients": captum,
+        "Captum IntegratedGradients, return_convergence_delta=True": captum_delta,
     }
 
 
