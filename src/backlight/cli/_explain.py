@@ -24,14 +24,11 @@ from ..data.files import read_image
 from ..errors import (
     BacklightError,
     DatasetError,
-    LayerError,
-    LayerNotFoundError,
     OptionError,
-    TargetError,
 )
 from ..methods.cam import vit_reshape
 from ..targets import Target
-from ._errors import Failure, UsageError
+from ._errors import Failure, UsageError, cli_error
 from ._outputs import staged
 from ._targets import TargetSpec, choose_targets, class_index, model_output, read_task
 from ._targets import predictions as top_predictions
@@ -214,10 +211,8 @@ def compute(job: Job) -> Result:
         start = time.perf_counter()
         try:
             result = method.function(job.model, job.x, targets, **options)
-        except (LayerNotFoundError, LayerError, TargetError, OptionError) as e:
-            raise UsageError(f"{method.name}: {e}") from e
         except BacklightError as e:
-            raise Failure(f"{method.name}: {e}") from e
+            raise cli_error(e, f"{method.name}: ") from e
         except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
             raise Failure(f"{method.name}: the model raised {type(e).__name__}: {e}") from e
         times[method.name] = time.perf_counter() - start

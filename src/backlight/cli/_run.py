@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BacklightError, LayerError, LayerNotFoundError, OptionError, TargetError
-from ._errors import Failure, UsageError
+from ..errors import BacklightError
+from ._errors import cli_error
 from ._explain import parse_methods, parse_settings
 from ._models import adjusted, load_model
 
@@ -98,7 +98,7 @@ def run_command(args: argparse.Namespace, classes: list[str] | None) -> int:
         )
         return 130
     except BacklightError as e:
-        raise _cli_error(e) from e
+        raise cli_error(e) from e
     if not args.quiet:
         print(
             f"{summary.images} images this time ({summary.skipped} done before), "
@@ -114,12 +114,6 @@ def report_command(args: argparse.Namespace) -> int:
     try:
         path = report(args.folder, path=args.out, images=args.images)
     except BacklightError as e:
-        raise _cli_error(e) from e
+        raise cli_error(e) from e
     print(f"wrote {path}")
     return 0
-
-
-def _cli_error(e: BacklightError) -> UsageError | Failure:
-    if isinstance(e, (OptionError, TargetError, LayerError, LayerNotFoundError)):
-        return UsageError(str(e))
-    return Failure(str(e))

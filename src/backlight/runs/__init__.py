@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_positive_int
+from .._checks import check_int, check_positive_int
 from .._registry import call_options, get_method, list_methods
 from ..errors import ModelError, OptionError
 from ._explain import Explainer, Plan, Preprocess
@@ -129,7 +129,8 @@ def run(
         settings: options per method name, as ``backlight explain --set`` gives them.
         quick: the methods' cheap settings.
         batch_size: images per method call.
-        workers: reader processes (default: one per core but one, at most 4).
+        workers: reader processes (default: one per core but one, at most 4); 0 reads in the
+            calling process.
         engine: ``"local"`` or ``"ray"`` (Ray Data; ``pip install backlight[ray]``).
         concurrency: with ``engine="ray"``, the number of model actors.
         dtype: how maps are stored: ``"float32"`` (exact) or ``"float16"`` (half the size).
@@ -266,11 +267,7 @@ def run(
 def _workers(workers: int | None) -> int:
     if workers is None:
         return max(0, min(4, (os.cpu_count() or 1) - 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise OptionError(
-            f"`workers` must be an int >= 0 (0 reads in this process), not {workers!r}"
-        )
-    return workers
+    return check_int("workers", workers, low=0)  # 0: read in this process
 
 
 def _methods(methods: str | Sequence[str]) -> list[Any]:
