@@ -61,7 +61,7 @@ def ideal(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> Callable[
 
 
 def engine(
-    folder: Path, loaded: Any, batch_size: int, kind: str, workers: int
+    folder: Path, loaded: Any, batch_size: int, kind: str, workers: int | None
 ) -> Callable[[], object]:
     """The engine on the folder, with the model loaded once beforehand, as the ideal loop's."""
 
@@ -85,6 +85,12 @@ def engine(
             shutil.rmtree(out, ignore_errors=True)
 
     return go
+
+
+def _readers(workers: int | None) -> int:
+    from backlight.runs import _workers
+
+    return _workers(workers)
 
 
 def throughput(args: argparse.Namespace, spec: str, n: int, size: int) -> list[str]:
@@ -123,7 +129,7 @@ def throughput(args: argparse.Namespace, spec: str, n: int, size: int) -> list[s
             compared["backlight run --engine ray (2 actors)"] = "backlight run --engine local"
         rows = [
             f"\n{spec}: Grad-CAM on {n} PNG images of {size}x{size}, batch {args.batch_size}, "
-            f"{args.workers} reader worker(s); images/s = {n} / median:",
+            f"{_readers(args.workers)} reader worker(s); images/s = {n} / median:",
             "",
         ]
         table = comparison_table(times, compared)
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="reader processes (default: the library's)")
     parser.add_argument("--demo-images", type=int, default=2000)
     parser.add_argument("--resnet-images", type=int, default=64)
     parser.add_argument("--memory", default="1000,10000", help="image counts, or '' to skip")

@@ -469,3 +469,20 @@ def test_killed_during_the_write_phase_leaves_no_outputs(
         assert _explain(cat, out) == 0
         assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")] == []
         assert len(list(out.iterdir())) == 5
+
+
+def test_cli_error_maps_backlight_errors_to_exit_codes() -> None:
+    """One mapping for explain, run and report: a bad option, target or layer is a usage
+    error (exit 2), anything else of backlight's a failure (exit 1), the prefix kept."""
+    from backlight import errors
+    from backlight.cli._errors import Failure, UsageError, cli_error
+
+    usage = (errors.OptionError, errors.TargetError, errors.LayerError, errors.LayerNotFoundError)
+    for kind in usage:
+        mapped = cli_error(kind("bad"), "grad_cam: ")
+        assert isinstance(mapped, UsageError) and mapped.exit_code == 2
+        assert str(mapped) == "grad_cam: bad"
+    for kind in (errors.DatasetError, errors.ModelError, errors.BacklightError):
+        mapped = cli_error(kind("broken"))
+        assert isinstance(mapped, Failure) and mapped.exit_code == 1
+        assert str(mapped) == "broken"

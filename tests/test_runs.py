@@ -635,3 +635,22 @@ def test_read_image_refusals(tmp_path: Path) -> None:
     (tmp_path / "text.jpg").write_text("hello")
     with pytest.raises(DatasetError, match="not an image"):
         read_image(tmp_path / "text.jpg")
+
+
+@pytest.mark.parametrize(
+    ("cores", "expected"), [(None, 0), (1, 0), (2, 0), (3, 2), (4, 3), (8, 4), (64, 4)]
+)
+def test_default_readers_by_cores(
+    cores: int | None, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reader process on two cores or fewer (it slows the model down more than it helps,
+    BENCHMARKS.md), else one per core but one, at most 4; a number given is used as given."""
+    from backlight.runs import _workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert _workers(None) == expected
+    assert _workers(3) == 3
+    assert _workers(0) == 0
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(OptionError, match="`workers` must be an int of at least 0"):
+            _workers(bad)  # type: ignore[arg-type]

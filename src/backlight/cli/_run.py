@@ -41,7 +41,11 @@ def add_commands(commands: Any, model_options: Callable[[argparse.ArgumentParser
         "--set", action="append", default=[], metavar="[METHOD.]NAME=VALUE", help="a method option"
     )
     run.add_argument("--batch-size", type=int, default=16, help="images per method call (16)")
-    run.add_argument("--workers", type=int, help="reader processes (default: cores - 1, at most 4)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="reader processes (default: 0 on 2 cores or fewer, else cores - 1, at most 4)",
+    )
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="local or ray")
     run.add_argument("--concurrency", type=int, default=2, help="model actors with --engine ray")
     run.add_argument(

@@ -129,8 +129,8 @@ def run(
         settings: options per method name, as ``backlight explain --set`` gives them.
         quick: the methods' cheap settings.
         batch_size: images per method call.
-        workers: reader processes (default: one per core but one, at most 4); 0 reads in the
-            calling process.
+        workers: reader processes; 0 reads in the calling process. Default: 0 on a machine
+            of two cores or fewer, else one per core but one, at most 4.
         engine: ``"local"`` or ``"ray"`` (Ray Data; ``pip install backlight[ray]``).
         concurrency: with ``engine="ray"``, the number of model actors.
         dtype: how maps are stored: ``"float32"`` (exact) or ``"float16"`` (half the size).
@@ -265,8 +265,12 @@ def run(
 
 
 def _workers(workers: int | None) -> int:
+    """The reader processes: on two cores or fewer none (a reader competes with the model's
+    threads for the cores, which costs the model more than the decoding it takes over:
+    measured in BENCHMARKS.md), else one per core but one, at most 4."""
     if workers is None:
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        cores = os.cpu_count() or 1
+        return 0 if cores <= 2 else min(4, cores - 1)
     return check_int("workers", workers, low=0)  # 0: read in this process
 
 
