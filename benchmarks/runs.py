@@ -4,8 +4,9 @@ peak memory as the data set grows.
 The ideal loop is what a careful user writes: the model loaded once, every image decoded and
 preprocessed beforehand (not timed), then ``backlight.grad_cam`` on each batch of
 ``--batch-size`` images, maps kept in memory. The engines get the same model, loaded once, and
-do everything else on top: read and decode the PNG files (in a DataLoader worker, or in Ray's
-tasks), find the predictions, write Parquet parts and the manifest. All run on the same files,
+do everything else on top: read and decode the PNG files (in ``--workers`` DataLoader
+workers, by default as many as the library chooses, none on 2 cores; or in Ray's tasks),
+find the predictions, write Parquet parts and the manifest. All run on the same files,
 interleaved in a new random order each round; each contender's wall time includes all of its
 work (the engine's start-up too). Ray is started once, before, as on a cluster.
 

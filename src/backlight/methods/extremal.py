@@ -120,10 +120,11 @@ def extremal_perturbation(
             800 steps. The two are the same at ``max_iter=800``. An approximation of
             TorchRay's result, not the default: on a ResNet-18 at 224 px,
             ``schedule="fast", max_iter=200, tolerance=0.01`` stopped after 140 steps, 7.3x
-            sooner than TorchRay's 800, with a mask of IoU 0.91 with TorchRay's and a reward
-            0.6% lower; on the small demo model its masks differ more (IoU 0.50 to 0.81),
-            as do TorchRay's own after 400 steps (0.84) and after 800 steps on the image with
-            noise of standard deviation 0.003 added (0.64 to 0.95). See BENCHMARKS.md.
+            to 9.8x sooner than TorchRay's 800 (two runs), with a mask of IoU 0.91 with
+            TorchRay's and a reward 0.6% lower; on the small demo model its masks differ more
+            (IoU 0.50 to 0.81), as do TorchRay's own after 400 steps (0.84) and after 800
+            steps on the image with noise of standard deviation 0.003 added (0.64 to 0.95).
+            See BENCHMARKS.md.
         tolerance: ``None`` runs every step. A number stops each mask early once it has
             settled: every ``10`` steps, a mask whose largest pixel change over the last 10 steps
             is at most ``tolerance`` and whose area (the pixels of value 0.5 or more, counted as
