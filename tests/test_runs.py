@@ -8,6 +8,7 @@ maps are compared with direct calls of the public methods on the same batches.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -654,3 +655,56 @@ def test_default_readers_by_cores(
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(OptionError, match="`workers` must be an int of at least 0"):
             _workers(bad)  # type: ignore[arg-type]
+
+
+def test_device_option(folder: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """``device="cpu"`` gives the default's rows bit for bit; a bad or absent device, a device
+    with Ray, or a device other than where the caller's module is, are refused, naming
+    ``device``; the caller's module is not moved."""
+    from backlight.runs import _placed
+    from backlight.runs._explain import model_device
+
+    root, _ = folder
+    options = {**_only("gradient"), "workers": 0}
+    run(root, out=tmp_path / "plain", **options)
+    run(root, out=tmp_path / "cpu", device="cpu", **options)
+    plain, placed = read_maps(tmp_path / "plain"), read_maps(tmp_path / "cpu")
+    assert plain.num_rows > 0
+    assert plain.column("map").to_pylist() == placed.column("map").to_pylist()
+    assert json.loads((tmp_path / "cpu" / "manifest.json").read_text())["device"] == "cpu"
+    for bad, said in (("banana", "must be a device"), (3.5, "must be a device")):
+        with pytest.raises(OptionError, match=f"`device`.*{said}"):
+            run(root, out=tmp_path / "bad", device=bad, **options)
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionError, match="`device` 'cuda': this machine has no such"):
+            run(root, out=tmp_path / "bad", device="cuda", **options)
+    with pytest.raises(OptionError, match="`device` is for engine='local'"):
+        run(root, out=tmp_path / "bad", device="cpu", engine="ray", **options)
+    assert not (tmp_path / "bad").exists()
+    module = torch.nn.Conv2d(3, 2, 3)
+    with pytest.raises(OptionError, match="does not move your module"):
+        _placed(module, torch.device("cuda"), given=True)
+    assert _placed(module, torch.device("cpu"), given=True) is module
+    assert model_device(module) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+
+
+def test_explainer_sends_batches_to_the_models_device() -> None:
+    """The explainer moves each batch to where the model's parameters are (a CUDA module no
+    longer gets CPU batches); on the CPU that is the batch itself."""
+    from backlight.runs._explain import Decoded, Explainer, Plan
+
+    seen: list[torch.device] = []
+    model = load_model("demo", "DEFAULT").model
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(args[0].device))
+    try:
+        plan = Plan(methods=("gradient",), options={"gradient": {}})
+        explainer = Explainer(model, plan)
+        x, _, _ = make_batch(2)
+        rows, _ = explainer(
+            Decoded(ids=["a", "b"], x=x, shown=None, targets=[None, None], errors=[], size=2)
+        )
+    finally:
+        hook.remove()
+    assert explainer.device == torch.device("cpu") and rows.count == 2
+    assert seen and all(d == torch.device("cpu") for d in seen)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import backlight
 from backlight.cli import main
@@ -100,3 +101,21 @@ def test_the_runner_examples_run() -> None:
             runner.run(test)
         assert runner.tries > 0 and runner.failures == 0, obj.__name__
     assert backlight.run is runs.run
+
+
+def test_run_device_from_the_command_line(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--device as explain takes it: a name torch does not know is a usage error (2), a
+    device this machine lacks a failure (1), and the device is recorded in the manifest."""
+    args = ["run", str(folder), "--model", "demo", "--method", "gradient", "--quiet"]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["device"] == "cpu" and manifest["counts"]["rows"] == 12
+    capsys.readouterr()
+    assert main([*args, "--device", "banana", "--out", str(tmp_path / "b")]) == 2
+    assert "--device 'banana' is not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda", "--out", str(tmp_path / "c")]) == 1
+        assert "no such device" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

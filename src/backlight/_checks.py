@@ -232,6 +232,30 @@ def check_positive_real(name: str, value: Any, *, high: float | None = None) -> 
     return check_real(name, value, low=0.0, high=high, open_low=True)
 
 
+def device_present(device: torch.device) -> bool:
+    """Whether this machine has ``device`` (CPU always; CUDA and MPS when torch can use them)."""
+    if device.type == "cuda":
+        index_ok = device.index is None or device.index < torch.cuda.device_count()
+        return bool(torch.cuda.is_available() and index_ok)
+    if device.type == "mps":
+        return bool(torch.backends.mps.is_available())
+    return device.type == "cpu"
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """A device torch knows (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or a
+    :class:`torch.device`) and this machine has."""
+    try:
+        device = value if isinstance(value, torch.device) else torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise OptionError(
+            f"`{name}` must be a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', not {value!r}"
+        ) from e
+    if not device_present(device):
+        raise OptionError(f"`{name}` {str(device)!r}: this machine has no such device; use 'cpu'")
+    return device
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on ``device``, or ``None`` when it cannot be told."""
     if device.type == "cuda":

@@ -31,7 +31,7 @@ from ._explain import (
     parse_settings,
     write,
 )
-from ._models import CROPS, adjusted, describe, load_model
+from ._models import CROPS, adjusted, describe, load_model, parse_device
 from ._outputs import file_stems, staged
 from ._run import add_commands, report_command, run_command
 from ._targets import model_output, parse_target_spec, read_task
@@ -169,7 +169,7 @@ def _explain(args: argparse.Namespace) -> int:
     overrides = parse_settings(args.set, methods)
     loaded = load_model(args.model, args.weights, size=args.size)
     preprocess = adjusted(loaded.preprocess, crop=args.crop, mean=args.mean, std=args.std)
-    device = _device(args.device)
+    device = parse_device(args.device)
     names, shown, x = load_images(args.images, preprocess)
     model, x = loaded.model.to(device), x.to(device)
     categories = _categories(args, loaded.categories)
@@ -207,27 +207,6 @@ def _explain(args: argparse.Namespace) -> int:
         },
     )
     return _run(job, Path(args.out), args.quiet)
-
-
-def _device(text: str | None) -> torch.device:
-    """``--device``: a device torch knows and this machine has."""
-    if text is None:
-        return torch.device("cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError as e:
-        raise UsageError(
-            f"--device {text!r} is not a device: write cpu, cuda, cuda:1 or mps"
-        ) from e
-    present = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available()
-        and (device.index is None or device.index < torch.cuda.device_count()),
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, False)
-    if not present:
-        raise Failure(f"--device {text}: this machine has no such device (use --device cpu)")
-    return device
 
 
 def _run(job: Job, out: Path, quiet: bool) -> int:

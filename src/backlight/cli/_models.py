@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from .._checks import device_present
 from ..errors import BacklightError
 from ._errors import Failure, UsageError
 
@@ -71,6 +72,22 @@ class Preprocess:
             else f"short side resized to {self.resize}, centre crop {self.crop}"
         )
         return f"{size}, mean {_floats(self.mean)}, std {_floats(self.std)}"
+
+
+def parse_device(text: str | None) -> torch.device:
+    """``--device``: a device torch knows (a usage error otherwise) and this machine has (a
+    failure otherwise); CPU without it."""
+    if text is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise UsageError(
+            f"--device {text!r} is not a device: write cpu, cuda, cuda:1 or mps"
+        ) from e
+    if not device_present(device):
+        raise Failure(f"--device {text}: this machine has no such device (use --device cpu)")
+    return device
 
 
 def describe(preprocess: object) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import BacklightError
 from ._errors import cli_error
 from ._explain import parse_methods, parse_settings
-from ._models import adjusted, load_model
+from ._models import adjusted, load_model, parse_device
 
 
 def add_commands(commands: Any, model_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -46,6 +46,9 @@ def add_commands(commands: Any, model_options: Callable[[argparse.ArgumentParser
         type=int,
         help="reader processes (default: 0 on 2 cores or fewer, else cores - 1, at most 4)",
     )
+    run.add_argument(
+        "--device", help="where the model runs with --engine local: cpu, cuda, cuda:1, mps (cpu)"
+    )
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="local or ray")
     run.add_argument("--concurrency", type=int, default=2, help="model actors with --engine ray")
     run.add_argument(
@@ -67,6 +70,7 @@ def run_command(args: argparse.Namespace, classes: list[str] | None) -> int:
 
     methods = parse_methods(args.method)
     settings = parse_settings(args.set, methods)
+    device = None if args.device is None else parse_device(args.device)
     preprocess = None
     if args.crop is not None or args.mean is not None or args.std is not None:
         recipe = load_model(args.model, args.weights, size=args.size).preprocess
@@ -87,6 +91,7 @@ def run_command(args: argparse.Namespace, classes: list[str] | None) -> int:
             quick=args.quick,
             batch_size=args.batch_size,
             workers=args.workers,
+            device=device,
             engine=args.engine,
             concurrency=args.concurrency,
             dtype=args.dtype,

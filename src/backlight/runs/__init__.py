@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_int, check_positive_int
+from .._checks import check_device, check_int, check_positive_int
 from .._registry import call_options, get_method, list_methods
 from ..errors import ModelError, OptionError
-from ._explain import Explainer, Plan, Preprocess
+from ._explain import Explainer, Plan, Preprocess, model_device
 from ._local import _Batches, _ShardBatches, batches, overlays, run_local
 from ._report import report
 from ._sources import (
@@ -99,6 +99,7 @@ def run(
     quick: bool = False,
     batch_size: int = 16,
     workers: int | None = None,
+    device: str | torch.device | None = None,
     engine: Literal["local", "ray"] = "local",
     concurrency: int = 2,
     dtype: Literal["float32", "float16"] = "float32",
@@ -131,6 +132,13 @@ def run(
         batch_size: images per method call.
         workers: reader processes; 0 reads in the calling process. Default: 0 on a machine
             of two cores or fewer, else one per core but one, at most 4.
+        device: where the model runs with ``engine="local"`` (``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ``"mps"``): a named model is moved there; a module you pass runs
+            where its parameters are (``None``: there, or the CPU for a named model), and a
+            different ``device`` is refused rather than moving your module. Batches go to the
+            model's device; maps are stored from the CPU. It may change between sessions of
+            one run (maps then equal to float rounding). Ray's actors take a GPU each when the
+            cluster has GPUs.
         engine: ``"local"`` or ``"ray"`` (Ray Data; ``pip install backlight[ray]``).
         concurrency: with ``engine="ray"``, the number of model actors.
         dtype: how maps are stored: ``"float32"`` (exact) or ``"float16"`` (half the size).
@@ -172,7 +180,14 @@ def run(
     if dtype not in ("float32", "float16"):
         raise OptionError(f"`dtype` must be 'float32' or 'float16', not {dtype!r}")
     workers = _workers(workers)
+    if device is not None:
+        device = check_device("device", device)
     if engine == "ray":
+        if device is not None:
+            raise OptionError(
+                "`device` is for engine='local': Ray's actors take a GPU each when the cluster "
+                "has GPUs (leave `device` out)"
+            )
         from ._ray import import_ray
 
         import_ray()  # before anything is loaded or written: says how to install it
@@ -184,6 +199,8 @@ def run(
     where = open_source(source)
     infos = _methods(methods)
     loaded = _model(model, weights, size, preprocess, classes)
+    if device is not None:
+        loaded["module"] = _placed(loaded["module"], device, given=not isinstance(model, str))
     plan = _plan(infos, loaded, target, layer, settings or {}, quick, dtype, where)
     manifest = {
         "source": os.path.abspath(os.fspath(source)),
@@ -199,6 +216,7 @@ def run(
         "preprocess": loaded["describe"],
         "batch_size": batch_size,
         "engine": engine,
+        "device": str(model_device(loaded["module"])),
         "backlight": _version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -437,6 +455,21 @@ def _table_target(where: Source, key: str | None) -> str | None:
             f"with 'column:NAME' (it has {', '.join(names)})"
         )
     return found
+
+
+def _placed(module: nn.Module, device: torch.device, *, given: bool) -> nn.Module:
+    """The model on ``device``: a loaded one moved there; the caller's module left where it is
+    (refused if that is elsewhere)."""
+    if not given:
+        return module.to(device)
+    where = model_device(module)
+    if where != device and not (where.type == device.type and device.index is None):
+        raise OptionError(
+            f"`device` is {str(device)!r} but the model you pass is on {str(where)!r}; run() "
+            f"does not move your module: move it first (model.to({str(device)!r})) and leave "
+            "`device` out, or pass the model's name"
+        )
+    return module
 
 
 def _check_same_run(store: Store, manifest: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import time
@@ -207,6 +208,14 @@ class Rows:
         return len(self.maps["id"])
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of its first parameter (or buffer); the CPU if it has
+    none (a Keras model's adapter, a parameter-free function)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 class Explainer:
     """Explain batches with every method of ``plan`` on ``model``."""
 
@@ -214,6 +223,7 @@ class Explainer:
         self.model = model
         self.plan = plan
         self.infos = [get_method(name) for name in plan.methods]
+        self.device = model_device(model)  # where the batches go
 
     def __call__(self, batch: Decoded) -> tuple[Rows, Maps]:
         """The rows of ``batch``, and each method's maps with their ids (for overlays)."""
@@ -222,7 +232,7 @@ class Explainer:
             rows.error(ident, path, "read", None, reason)
         if batch.x is None:
             return rows, {}
-        x, ids = batch.x, list(batch.ids)
+        x, ids = batch.x.to(self.device), list(batch.ids)
         given: list[int] | None = None  # None: each image's predicted class, as the methods find
         if self.plan.target is not None:
             keep, given = [], []

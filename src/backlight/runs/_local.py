@@ -129,7 +129,7 @@ def overlays(out: Path) -> Callable[[Decoded, Maps], None]:
         index = {ident: i for i, ident in enumerate(batch.ids)}
         for method, (ids, tensor) in maps.items():
             shown = batch.shown[[index[i] for i in ids]]
-            for ident, picture in zip(ids, viz.overlay(shown, tensor), strict=True):
+            for ident, picture in zip(ids, viz.overlay(shown, tensor.cpu()), strict=True):
                 viz.save_png(folder_png(out, ident, method), picture)
 
     return write

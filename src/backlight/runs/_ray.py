@@ -361,9 +361,7 @@ class _Explain:
             assert self.fatal is not None
             result = self.fatal
         else:
-            decoded = decode(records, self.preprocess, False)
-            if decoded.x is not None and self.device.type != "cpu":
-                decoded.x = decoded.x.to(self.device)
+            decoded = decode(records, self.preprocess, False)  # the explainer moves it
             try:
                 result, _ = self.explainer(decoded)
             except BacklightError as e:  # the settings errors: the run stops
