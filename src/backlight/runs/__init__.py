@@ -216,7 +216,7 @@ def run(
         "preprocess": loaded["describe"],
         "batch_size": batch_size,
         "engine": engine,
-        "device": str(model_device(loaded["module"])),
+        "device": "each actor's" if engine == "ray" else str(model_device(loaded["module"])),
         "backlight": _version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
