@@ -661,8 +661,8 @@ def test_device_option(folder: tuple[Path, list[str]], tmp_path: Path) -> None:
     """``device="cpu"`` gives the default's rows bit for bit; a bad or absent device, a device
     with Ray, or a device other than where the caller's module is, are refused, naming
     ``device``; the caller's module is not moved."""
+    from backlight._checks import model_device
     from backlight.runs import _placed
-    from backlight.runs._explain import model_device
 
     root, _ = folder
     options = {**_only("gradient"), "workers": 0}

@@ -132,8 +132,7 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
             f"`x` contains {bad} NaN or infinite value(s); clean the input (torch.nan_to_num) "
             "or find where they come from"
         )
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    reference = next((t for t in tensors if t.is_floating_point()), None)
+    reference = reference_tensor(model)
     if reference is not None:
         if reference.device != x.device:
             raise InputError(
@@ -230,6 +229,20 @@ def check_real(
 
 def check_positive_real(name: str, value: Any, *, high: float | None = None) -> float:
     return check_real(name, value, low=0.0, high=high, open_low=True)
+
+
+def reference_tensor(model: nn.Module) -> torch.Tensor | None:
+    """The model's first floating-point parameter or buffer, whose device and dtype the input
+    must have; ``None`` for a model without one."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t for t in tensors if t.is_floating_point()), None)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of :func:`reference_tensor`; the CPU without one (a
+    Keras model's adapter, a parameter-free function)."""
+    reference = reference_tensor(model)
+    return torch.device("cpu") if reference is None else reference.device
 
 
 def device_present(device: torch.device) -> bool:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_device, check_int, check_positive_int
+from .._checks import check_device, check_int, check_positive_int, model_device
 from .._registry import call_options, get_method, list_methods
 from ..errors import ModelError, OptionError
-from ._explain import Explainer, Plan, Preprocess, model_device
+from ._explain import Explainer, Plan, Preprocess
 from ._local import _Batches, _ShardBatches, batches, overlays, run_local
 from ._report import report
 from ._sources import (

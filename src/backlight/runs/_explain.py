@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import itertools
 import json
 import math
 import time
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .._checks import model_device
 from .._registry import MethodInfo, get_method
 from ..data.files import read_image
 from ..errors import (
@@ -206,14 +206,6 @@ class Rows:
     @property
     def count(self) -> int:
         return len(self.maps["id"])
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model`` runs: the device of its first parameter (or buffer); the CPU if it has
-    none (a Keras model's adapter, a parameter-free function)."""
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class Explainer:
